@@ -1,0 +1,34 @@
+"""rsojax: training neural networks without gradients by RSO (Tripathi & Singh, arXiv 2005.05955)."""
+
+from rsojax.evaluation import accuracy, bn_statistics, predict
+from rsojax.evaluators import Cached, Evaluator, Generic, sequential_loss, stage_inputs
+from rsojax.layer_order import get_leaf, set_leaf, weight_order
+from rsojax.losses import summed_cross_entropy
+from rsojax.models import Sequential, mlp, mnist_convnet
+from rsojax.rso import RSO, RSOConfig, RSOState, SweepMetrics, choose
+from rsojax.schedule import anneal, layer_sigma
+
+__all__ = [
+    "RSO",
+    "Cached",
+    "Evaluator",
+    "Generic",
+    "RSOConfig",
+    "RSOState",
+    "Sequential",
+    "SweepMetrics",
+    "accuracy",
+    "anneal",
+    "bn_statistics",
+    "choose",
+    "get_leaf",
+    "layer_sigma",
+    "mlp",
+    "mnist_convnet",
+    "predict",
+    "sequential_loss",
+    "set_leaf",
+    "stage_inputs",
+    "summed_cross_entropy",
+    "weight_order",
+]

@@ -1,0 +1,258 @@
+"""RSO, Random Search Optimization (Tripathi & Singh, arXiv 2005.05955, Algorithm 1).
+
+For each cycle c, for each layer d in the stated order, for each weight w_j of the layer in
+visit order: draw a fresh minibatch and dw ~ N(0, sigma_d,c); with w' = w * (1 - weight_decay),
+set w_j to whichever of w', w' + dw, w' - dw has the lowest loss on the batch. Ties go to the
+earlier candidate (so to w'); a non-finite loss is never chosen; if all three are non-finite
+the weight keeps its value and the event is counted.
+
+The engine owns sampling, ordering and acceptance; an evaluator (`rsojax.evaluators`) owns
+how the three losses are computed. A layer is swept by one jitted function, a `fori_loop`
+over the layer's weights, compiled once per layer and reused across cycles (the cycle and
+sigma are traced). Sweeps can run in chunks of weights with identical results, because
+every draw is keyed by (cycle, layer, weight position) and the data stream is state.
+"""
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from rsojax.evaluators import Evaluator
+from rsojax.layer_order import check_layers, get_leaf, set_leaf, weight_order
+from rsojax.sampling import SamplerState, init_sampler, next_batch
+from rsojax.schedule import anneal, layer_sigma
+
+
+@dataclasses.dataclass(frozen=True)
+class RSOConfig:
+    """Hyperparameters; the defaults are the reference code's.
+
+    Attributes:
+      batch_size: examples in the fresh minibatch of each weight (paper: 5000).
+      cycles: passes over all layers; sets the anneal (paper: 50).
+      anneal_floor: a in sigma_d,c = sigma_d * (a + (1 - a) * (C - c) / C).
+      weight_decay: w' = w * (1 - weight_decay) before the candidates are evaluated.
+      sigma_scale: factor on every layer's sigma_d.
+      vector_sigma: sigma_d of vector parameters (BN gamma and beta), before `sigma_scale`.
+      output_first: inside a kernel, visit by output channel first (else input channel).
+    """
+
+    batch_size: int = 5000
+    cycles: int = 50
+    anneal_floor: float = 0.1
+    weight_decay: float = 1e-4
+    sigma_scale: float = 1.0
+    vector_sigma: float = 0.167
+    output_first: bool = True
+
+    def __post_init__(self):
+        for name in ("batch_size", "cycles"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if not 0.0 <= self.anneal_floor <= 1.0:
+            raise ValueError(f"anneal_floor: expected a value in [0, 1], got {self.anneal_floor!r}")
+        if not 0.0 <= self.weight_decay < 1.0:
+            raise ValueError(f"weight_decay: expected a value in [0, 1), got {self.weight_decay!r}")
+        for name in ("sigma_scale", "vector_sigma"):
+            if not getattr(self, name) > 0.0:
+                raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
+
+
+@flax.struct.dataclass
+class RSOState:
+    """Everything RSO needs to continue: a pytree, so it jits, saves and restores as one."""
+
+    params: dict
+    sigmas: dict  # layer path -> sigma_d before the anneal
+    key: jax.Array  # draws of dw, keyed by (cycle, layer, weight position)
+    cycle: jax.Array  # int32, 0-based
+    sampler: SamplerState
+
+
+@flax.struct.dataclass
+class SweepMetrics:
+    """Counts and loss sums over the weights of a sweep (or of a chunk of one)."""
+
+    weights: jax.Array
+    accepted: jax.Array  # w' + dw or w' - dw chosen
+    nonfinite: jax.Array  # all three losses non-finite: weight left unchanged
+    loss_before: jax.Array  # sum of the loss at w' over the weights with a finite choice
+    loss_after: jax.Array  # sum of the chosen loss over the same weights
+
+    @classmethod
+    def zeros(cls, dtype):
+        count, loss = jnp.zeros((), jnp.int32), jnp.zeros((), dtype)
+        return cls(weights=count, accepted=count, nonfinite=count, loss_before=loss, loss_after=loss)
+
+    def __add__(self, other):
+        return jax.tree.map(jnp.add, self, other)
+
+
+def choose(losses_3: jax.Array) -> jax.Array:
+    """The candidate to keep: the first lowest finite loss; -1 if none is finite."""
+    finite = jnp.isfinite(losses_3)
+    best = jnp.argmin(jnp.where(finite, losses_3, jnp.inf))
+    return jnp.where(finite.any(), best, -1)
+
+
+def check_data(data, example_shape: tuple[int, ...] | None) -> int:
+    """Validates `(x, y)`; returns the number of examples."""
+    if not isinstance(data, tuple | list) or len(data) != 2:
+        raise TypeError("data: expected a pair (x, y) of inputs and integer labels")
+    x, y = data
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"data: x has {x.shape[0]} examples but y has {y.shape[0]} labels")
+    if y.ndim != 1 or not jnp.issubdtype(y.dtype, jnp.integer):
+        raise ValueError(f"data: y must be a vector of integer labels, got {y.dtype} of shape {y.shape}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"data: x must be floating point, got {x.dtype}")
+    if example_shape is not None and tuple(x.shape[1:]) != tuple(example_shape):
+        raise ValueError(
+            f"data: x must have shape (N, {', '.join(map(str, example_shape))}) "
+            f"(rank {len(example_shape) + 1}), got {tuple(x.shape)}"
+        )
+    return x.shape[0]
+
+
+class RSO:
+    """The RSO trainer over one evaluator and an explicit layer order.
+
+    Args:
+      evaluator: computes candidate losses (`rsojax.Generic`, `rsojax.Cached`, ...).
+      layers: parameter paths (`"stages_6/Dense_0/kernel"`) in the order they are visited.
+      config: hyperparameters.
+    """
+
+    def __init__(self, evaluator: Evaluator, layers: Sequence[str], config: RSOConfig = RSOConfig()):
+        if isinstance(layers, str) or not isinstance(layers, Sequence):
+            raise TypeError(f"layers: expected a list of parameter paths, got {layers!r}")
+        if not layers:
+            raise ValueError("layers: the list of layers to search is empty")
+        self.evaluator = evaluator
+        self.layers = tuple(layers)
+        self.config = config
+        self._prepare = jax.jit(self.evaluator.prepare, static_argnames="path")
+        self._sweep = jax.jit(self._sweep_impl, static_argnames=("path",))
+
+    def init(self, params, key: jax.Array, data) -> RSOState:
+        """The state before the first cycle; validates parameters, layers and data."""
+        check_layers(params, self.layers)
+        n = check_data(data, self.evaluator.example_shape)
+        self._check_batch(n)
+        sigmas = {
+            path: jnp.asarray(
+                layer_sigma(get_leaf(params, path).shape, self.config.sigma_scale, self.config.vector_sigma),
+                get_leaf(params, path).dtype,
+            )
+            for path in self.layers
+        }
+        search_key, data_key = jax.random.split(key)
+        return RSOState(
+            params=params, sigmas=sigmas, key=search_key, cycle=jnp.int32(0), sampler=init_sampler(data_key, n)
+        )
+
+    def _check_batch(self, n: int):
+        if self.config.batch_size > n:
+            raise ValueError(f"batch_size: {self.config.batch_size} is larger than the training set ({n} examples)")
+
+    def n_weights(self, state: RSOState, path: str) -> int:
+        return get_leaf(state.params, path).size
+
+    def prepare(self, state: RSOState, data, path: str):
+        """The evaluator's per-layer context (for example, cached layer inputs)."""
+        n = check_data(data, self.evaluator.example_shape)
+        if n != state.sampler.perm.shape[0]:
+            raise ValueError(f"data: {n} examples, but the state was initialised with {state.sampler.perm.shape[0]}")
+        if path not in self.layers:
+            raise ValueError(f"path: {path!r} is not one of the layers {list(self.layers)}")
+        return self._prepare(state.params, path=path, data=data)
+
+    def sweep(self, state: RSOState, ctx, path: str, start: int = 0, stop: int | None = None):
+        """Visits weights `start` to `stop - 1` (visit positions) of layer `path`.
+
+        Returns:
+          The new state and the `SweepMetrics` of these weights.
+        """
+        n = self.n_weights(state, path)
+        stop = n if stop is None else stop
+        if not 0 <= start <= stop <= n:
+            raise ValueError(f"start, stop: expected 0 <= start <= stop <= {n}, got {start}, {stop}")
+        return self._sweep(state, ctx, jnp.int32(start), jnp.int32(stop), path=path)
+
+    def layer(
+        self,
+        state: RSOState,
+        data,
+        path: str,
+        chunk_size: int | None = None,
+        on_chunk: Callable[[int, int], None] | None = None,
+    ):
+        """Sweeps a whole layer, in compiled chunks of `chunk_size` weights (all at once by default).
+
+        `on_chunk(done, total)` is called after each chunk, for progress bars.
+        """
+        ctx = self.prepare(state, data, path)
+        n = self.n_weights(state, path)
+        chunk_size = chunk_size or n
+        metrics = None
+        for start in range(0, n, chunk_size):
+            state, m = self.sweep(state, ctx, path, start, min(start + chunk_size, n))
+            metrics = m if metrics is None else metrics + m
+            if on_chunk is not None:
+                on_chunk(min(start + chunk_size, n), n)
+        return state, metrics
+
+    def cycle(self, state: RSOState, data, on_layer: Callable | None = None, **layer_kwargs):
+        """One cycle: every layer in order; then the cycle counter advances.
+
+        `on_layer(path, state, metrics)` is called after each layer's sweep.
+
+        Returns:
+          The new state and a list of (path, SweepMetrics).
+        """
+        results = []
+        for path in self.layers:
+            state, metrics = self.layer(state, data, path, **layer_kwargs)
+            results.append((path, metrics))
+            if on_layer is not None:
+                on_layer(path, state, metrics)
+        return state.replace(cycle=state.cycle + 1), results
+
+    def _sweep_impl(self, state: RSOState, ctx, start, stop, *, path: str):
+        cfg = self.config
+        leaf = get_leaf(state.params, path)
+        order = jnp.asarray(weight_order(leaf.shape, cfg.output_first))
+        sigma = state.sigmas[path] * anneal(state.cycle, cfg.cycles, cfg.anneal_floor).astype(leaf.dtype)
+        layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), self.layers.index(path))
+
+        def visit(i, carry):
+            params, ctx, sampler, metrics = carry
+            idx, sampler = next_batch(sampler, cfg.batch_size)
+            j = order[i]
+            flat = get_leaf(params, path).ravel()
+            w = flat[j]
+            dw = sigma * jax.random.normal(jax.random.fold_in(layer_key, i), (), leaf.dtype)
+            decayed = w * (1 - cfg.weight_decay)
+            values = jnp.stack([decayed, decayed + dw, decayed - dw])
+            losses = self.evaluator.losses(ctx, params, path, j, values, idx)
+            choice = choose(losses)
+            kept = choice >= 0
+            new = jnp.where(kept, values[jnp.maximum(choice, 0)], w)
+            params = set_leaf(params, path, flat.at[j].set(new).reshape(leaf.shape))
+            ctx = self.evaluator.update(ctx, params, path, j, w, new)
+            metrics = metrics + SweepMetrics(
+                weights=jnp.int32(1),
+                accepted=(choice > 0).astype(jnp.int32),
+                nonfinite=(~kept).astype(jnp.int32),
+                loss_before=jnp.where(kept, losses[0], 0).astype(leaf.dtype),
+                loss_after=jnp.where(kept, losses[jnp.maximum(choice, 0)], 0).astype(leaf.dtype),
+            )
+            return params, ctx, sampler, metrics
+
+        carry = (state.params, ctx, state.sampler, SweepMetrics.zeros(leaf.dtype))
+        params, _, sampler, metrics = jax.lax.fori_loop(start, stop, visit, carry)
+        return state.replace(params=params, sampler=sampler), metrics

@@ -1,0 +1,24 @@
+"""The perturbation scale sigma_d of each layer and its anneal over cycles.
+
+From the RSO reference code (Tripathi & Singh, arXiv 2005.05955): sigma_d is the analytic
+Kaiming std of the layer, sqrt(2 / fan_in) (fan_in = C_in * k * k for a conv), times a scale;
+BN gamma and beta (and any other vector parameter) use 0.167 times the scale. At cycle
+c = 0..C-1 the std is sigma_d * (a + (1 - a) * (C - c) / C), a linear anneal to just above a.
+"""
+
+import math
+
+import jax.numpy as jnp
+
+
+def layer_sigma(shape: tuple[int, ...], scale: float = 1.0, vector_sigma: float = 0.167) -> float:
+    """sigma_d of a parameter array: Kaiming std for kernels (last axis = outputs)."""
+    if len(shape) < 2:
+        return scale * vector_sigma
+    fan_in = math.prod(shape[:-1])
+    return scale * math.sqrt(2.0 / fan_in)
+
+
+def anneal(cycle, cycles: int, floor: float = 0.1):
+    """The factor on sigma_d at cycle `cycle` (0-based, may be traced) of `cycles`."""
+    return floor + (1.0 - floor) * (cycles - jnp.asarray(cycle)) / cycles

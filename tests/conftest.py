@@ -1,0 +1,38 @@
+"""Shared fixtures. The suite runs in float64 (the references are float64); float32 tests
+cast explicitly."""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
+
+import rsojax  # noqa: E402
+
+
+def random_data(n, example_shape, key=0, dtype=jnp.float64):
+    kx, ky = jax.random.split(jax.random.key(key))
+    x = jax.random.normal(kx, (n, *example_shape), dtype)
+    y = jax.random.randint(ky, (n,), 0, 10)
+    return x, y
+
+
+def init_params(model, x, seed=420, dtype=jnp.float64):
+    params = model.init(jax.random.key(seed), x[:2], train=True)["params"]
+    return jax.tree.map(lambda a: a.astype(dtype), params)
+
+
+@pytest.fixture
+def small_convnet():
+    """The paper's MNIST network with 3 channels instead of 16: same structure, small."""
+    model = rsojax.mnist_convnet(channels=3)
+    x, y = random_data(48, model.input_shape)
+    return model, init_params(model, x), (x, y)
+
+
+@pytest.fixture
+def small_mlp():
+    model = rsojax.mlp(hidden=(6,), input_shape=(5,))
+    x, y = random_data(40, model.input_shape)
+    return model, init_params(model, x), (x, y)

@@ -1,0 +1,262 @@
+"""The engine against a slow, literal reference in float64, and its guarantees."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import init_params, random_data
+
+import rsojax
+from rsojax.sampling import next_batch
+from rsojax.schedule import anneal
+
+next_batch = jax.jit(next_batch, static_argnums=1)
+
+
+@jax.jit
+def unit_normal(layer_key, i):
+    return jax.random.normal(jax.random.fold_in(layer_key, i), (), jnp.float64)
+
+
+def literal_positions(shape):
+    """Visit order written out as the reference code's nested loops."""
+    if len(shape) == 4:  # conv HWIO: output channel, input channel, row, column
+        h, w, cin, cout = shape
+        return [(a, b, i, o) for o in range(cout) for i in range(cin) for a in range(h) for b in range(w)]
+    if len(shape) == 2:  # dense (in, out): per output neuron, then inputs
+        return [(i, o) for o in range(shape[1]) for i in range(shape[0])]
+    return [(c,) for c in range(shape[0])]
+
+
+def reference_sweep(loss_fn, rso, state, data, path):
+    """Algorithm 1 for one layer with Python loops and float64 numpy; same draws as the engine.
+
+    Returns the final leaf and the chosen candidate per weight (0: w', 1: w'+dw, 2: w'-dw,
+    -1: unchanged because no loss was finite).
+    """
+    cfg = rso.config
+    x, y = data
+    params = state.params
+    leaf = np.array(rsojax.get_leaf(params, path), dtype=np.float64)
+    sigma = float(state.sigmas[path]) * float(anneal(state.cycle, cfg.cycles, cfg.anneal_floor))
+    layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), rso.layers.index(path))
+    loss_fn = jax.jit(loss_fn)
+    sampler, choices = state.sampler, []
+    for i, pos in enumerate(literal_positions(leaf.shape)):
+        idx, sampler = next_batch(sampler, cfg.batch_size)
+        dw = sigma * float(unit_normal(layer_key, i))
+        w = leaf[pos] * (1 - cfg.weight_decay)
+        candidates = [w, w + dw, w - dw]
+        losses = []
+        for value in candidates:
+            trial = leaf.copy()
+            trial[pos] = value
+            losses.append(float(loss_fn(rsojax.set_leaf(params, path, jnp.asarray(trial)), (x[idx], y[idx]))))
+        finite = [k for k in range(3) if math.isfinite(losses[k])]
+        best = min(finite, key=lambda k: (losses[k], k)) if finite else -1
+        if best >= 0:
+            leaf[pos] = candidates[best]
+        choices.append(best)
+    return leaf, choices
+
+
+def engine_choices(rso, state, data, path):
+    """Runs the compiled sweep one weight per chunk and reads off each decision."""
+    ctx = rso.prepare(state, data, path)
+    order = rsojax.weight_order(rsojax.get_leaf(state.params, path).shape)
+    choices = []
+    for i in range(len(order)):
+        before = rsojax.get_leaf(state.params, path).ravel()[order[i]]
+        state, m = rso.sweep(state, ctx, path, i, i + 1)
+        after = rsojax.get_leaf(state.params, path).ravel()[order[i]]
+        if int(m.nonfinite):
+            choices.append(-1)
+        elif not int(m.accepted):
+            choices.append(0)
+        else:  # w'+dw or w'-dw: tell them apart by the side of w' the new value lies on
+            decayed = before * (1 - rso.config.weight_decay)
+            sigma_sign = 1 if after > decayed else -1
+            choices.append(1 if sigma_sign == dw_sign(rso, state, path, i) else 2)
+    return state, choices
+
+
+def dw_sign(rso, state, path, i):
+    layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), rso.layers.index(path))
+    return 1 if float(unit_normal(layer_key, i)) > 0 else -1
+
+
+def make_rso(model, evaluator_kind, batch_size, kernels_only=False, **config):
+    evaluator = (
+        rsojax.Cached(model, chunk_size=10_000)
+        if evaluator_kind == "cached"
+        else rsojax.Generic(rsojax.sequential_loss(model), model.input_shape)
+    )
+    return rsojax.RSO(evaluator, model.search_order(kernels_only), rsojax.RSOConfig(batch_size=batch_size, **config))
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "convnet"])
+@pytest.mark.parametrize("evaluator_kind", ["generic", "cached"])
+def test_sweep_matches_literal_reference(model_name, evaluator_kind, small_mlp, small_convnet):
+    model, params, data = small_mlp if model_name == "mlp" else small_convnet
+    n = data[0].shape[0]
+    # The cached path takes BN statistics of the layers before the searched one from the whole
+    # cache chunk; a batch of the whole set makes those equal to the batch's own statistics.
+    batch = n if (evaluator_kind == "cached" and model_name == "convnet") else 8
+    rso = make_rso(model, evaluator_kind, batch, cycles=3)
+    state = rso.init(params, jax.random.key(72), data)
+    state = state.replace(cycle=jnp.int32(1))
+    paths = [p for p in rso.layers if "stages_0" in p or "Dense" in p][:3]
+    seen = set()
+    for path in paths:
+        expected_leaf, expected = reference_sweep(rsojax.sequential_loss(model), rso, state, data, path)
+        state, choices = engine_choices(rso, state, data, path)
+        assert choices == expected, path
+        np.testing.assert_allclose(rsojax.get_leaf(state.params, path), expected_leaf, rtol=0, atol=1e-10)
+        seen |= set(choices)
+    assert {1, 2} <= seen  # both perturbations were taken somewhere (ties to w' are tested below)
+
+
+def test_cached_and_generic_paths_agree_over_a_cycle(small_convnet):
+    model, params, data = small_convnet
+    n = data[0].shape[0]
+    results = []
+    for kind in ("generic", "cached"):
+        rso = make_rso(model, kind, n, cycles=2)
+        state = rso.init(params, jax.random.key(1), data)
+        state, metrics = rso.cycle(state, data, chunk_size=37)
+        results.append((state, [int(m.accepted) for _, m in metrics]))
+    (s_generic, acc_generic), (s_cached, acc_cached) = results
+    assert acc_generic == acc_cached and sum(acc_cached) > 0
+    for a, b in zip(jax.tree.leaves(s_generic.params), jax.tree.leaves(s_cached.params)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
+
+
+def test_loss_never_increases_and_other_layers_untouched(small_convnet):
+    model, params, data = small_convnet
+    rso = make_rso(model, "cached", 16)
+    state = rso.init(params, jax.random.key(2), data)
+    path = "stages_3/Conv_0/kernel"
+    ctx = rso.prepare(state, data, path)
+    for i in range(rsojax.get_leaf(params, path).size):
+        state, m = rso.sweep(state, ctx, path, i, i + 1)
+        assert float(m.loss_after) <= float(m.loss_before)
+    changed = {p: not np.array_equal(rsojax.get_leaf(state.params, p), rsojax.get_leaf(params, p)) for p in model.layer_paths()}
+    assert changed.pop(path)
+    assert not any(changed.values())
+    flat_new, flat_old = jax.tree.leaves(state.params), jax.tree.leaves(params)
+    assert sum(not np.array_equal(a, b) for a, b in zip(flat_new, flat_old)) == 1
+
+
+def test_same_key_same_result_different_key_different(small_mlp):
+    model, params, data = small_mlp
+    rso = make_rso(model, "generic", 8)
+
+    def run(seed):
+        state, _ = rso.cycle(rso.init(params, jax.random.key(seed), data), data)
+        return jax.tree.leaves(state.params)
+
+    for a, b in zip(run(3), run(3)):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(run(3), run(4)))
+
+
+def test_chunked_sweep_equals_whole_sweep(small_mlp):
+    model, params, data = small_mlp
+    rso = make_rso(model, "cached", 8)
+    state = rso.init(params, jax.random.key(9), data)
+    whole, m_whole = rso.cycle(state, data)
+    chunked, m_chunked = rso.cycle(state, data, chunk_size=5)
+    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(chunked.params)):
+        np.testing.assert_array_equal(a, b)
+    assert [int(m.accepted) for _, m in m_whole] == [int(m.accepted) for _, m in m_chunked]
+
+
+def test_kernels_only_leaves_batchnorm_untouched(small_convnet):
+    model, params, data = small_convnet
+    rso = make_rso(model, "cached", 16, kernels_only=True)
+    state, _ = rso.cycle(rso.init(params, jax.random.key(0), data), data)
+    for path in model.layer_paths():
+        same = np.array_equal(rsojax.get_leaf(state.params, path), rsojax.get_leaf(params, path))
+        assert same == ("BatchNorm" in path), path
+    assert int(state.cycle) == 1
+
+
+def test_weight_decay_alone_is_the_kept_candidate():
+    # With a loss that does not depend on the weight, every tie goes to w' = w * (1 - wd).
+    params = {"layer": {"kernel": jnp.full((3, 2), 2.0)}}
+    x, y = random_data(10, (3,))
+    rso = rsojax.RSO(
+        rsojax.Generic(lambda p, b: jnp.sum(b[0]) * 0.0), ["layer/kernel"], rsojax.RSOConfig(batch_size=4, weight_decay=0.5)
+    )
+    state, (( _, m),) = rso.cycle(rso.init(params, jax.random.key(0), (x, y)), (x, y))
+    np.testing.assert_array_equal(state.params["layer"]["kernel"], jnp.full((3, 2), 1.0))
+    assert int(m.accepted) == 0
+
+
+def test_choose_never_takes_a_nonfinite_loss():
+    assert int(rsojax.choose(jnp.array([1.0, jnp.nan, 0.5]))) == 2
+    assert int(rsojax.choose(jnp.array([jnp.nan, 3.0, 2.0]))) == 2
+    assert int(rsojax.choose(jnp.array([2.0, -jnp.inf, jnp.inf]))) == 0
+    assert int(rsojax.choose(jnp.array([1.0, 1.0, 1.0]))) == 0
+    assert int(rsojax.choose(jnp.array([jnp.nan, jnp.inf, jnp.nan]))) == -1
+
+
+def test_planted_nan_candidate_is_never_accepted():
+    # The loss is NaN whenever the weight rises above its start and far lower otherwise: a
+    # plain argmin would take the NaN (jnp.argmin returns the index of a NaN).
+    params = {"layer": {"kernel": jnp.zeros((4, 3))}}
+    x, y = random_data(10, (3,))
+
+    def loss(p, batch):
+        k = p["layer"]["kernel"]
+        return jnp.where(jnp.any(k > 0), jnp.nan, -jnp.sum(jnp.abs(k))) + 0.0 * jnp.sum(batch[0])
+
+    rso = rsojax.RSO(rsojax.Generic(loss), ["layer/kernel"], rsojax.RSOConfig(batch_size=4, weight_decay=0.0))
+    state, ((_, m),) = rso.cycle(rso.init(params, jax.random.key(0), (x, y)), (x, y))
+    assert float(jnp.max(state.params["layer"]["kernel"])) <= 0.0
+    assert int(m.accepted) == 12  # every weight moved down: the w'-dw candidate each time
+
+    always_nan = rsojax.RSO(rsojax.Generic(lambda p, b: jnp.nan * jnp.sum(p["layer"]["kernel"])), ["layer/kernel"],
+                            rsojax.RSOConfig(batch_size=4))
+    params = {"layer": {"kernel": jnp.ones((4, 3))}}
+    state, ((_, m),) = always_nan.cycle(always_nan.init(params, jax.random.key(0), (x, y)), (x, y))
+    np.testing.assert_array_equal(state.params["layer"]["kernel"], params["layer"]["kernel"])
+    assert int(m.nonfinite) == 12 and int(m.accepted) == 0
+
+
+def test_bad_input_raises_with_the_argument_named(small_convnet):
+    model, params, (x, y) = small_convnet
+    rso = make_rso(model, "cached", 8)
+    with pytest.raises(ValueError, match="data: x has 48 examples but y has 47"):
+        rso.init(params, jax.random.key(0), (x, y[:-1]))
+    with pytest.raises(ValueError, match=r"batch_size: 100 is larger than the training set \(48"):
+        make_rso(model, "cached", 100).init(params, jax.random.key(0), (x, y))
+    with pytest.raises(ValueError, match=r"data: x must have shape \(N, 28, 28, 1\) \(rank 4\)"):
+        rso.init(params, jax.random.key(0), (x[..., 0], y))
+    int_params = jax.tree.map(lambda a: a.astype(jnp.int32), params)
+    with pytest.raises(TypeError, match="params: layer 'stages_6/Dense_0/kernel' has dtype int32"):
+        rso.init(int_params, jax.random.key(0), (x, y))
+    with pytest.raises(ValueError, match="layers: the list of layers to search is empty"):
+        rsojax.RSO(rsojax.Cached(model), [])
+    with pytest.raises(ValueError, match="layers: unknown layer 'stages_9/Conv_0/kernel'"):
+        rsojax.RSO(rsojax.Cached(model), ["stages_9/Conv_0/kernel"]).init(params, jax.random.key(0), (x, y))
+    with pytest.raises(ValueError, match="data: y must be a vector of integer labels"):
+        rso.init(params, jax.random.key(0), (x, y.astype(jnp.float32)))
+    with pytest.raises(ValueError, match="batch_size: expected a positive integer"):
+        rsojax.RSOConfig(batch_size=0)
+    with pytest.raises(ValueError, match="anneal_floor"):
+        rsojax.RSOConfig(anneal_floor=1.5)
+    with pytest.raises(ValueError, match="weight_decay"):
+        rsojax.RSOConfig(weight_decay=1.0)
+
+
+def test_float32_state_stays_float32(small_mlp):
+    model, params, (x, y) = small_mlp
+    params = jax.tree.map(lambda a: a.astype(jnp.float32), params)
+    data = (x.astype(jnp.float32), y)
+    rso = make_rso(model, "cached", 8)
+    state, metrics = rso.cycle(rso.init(params, jax.random.key(5), data), data)
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(state.params))
+    assert all(float(m.loss_after) <= float(m.loss_before) for _, m in metrics)
