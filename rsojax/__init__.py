@@ -2,6 +2,7 @@
 
 from rsojax.evaluation import accuracy, bn_statistics, predict
 from rsojax.evaluators import Cached, Evaluator, Generic, sequential_loss, stage_inputs
+from rsojax.incremental import Incremental
 from rsojax.layer_order import get_leaf, set_leaf, weight_order
 from rsojax.losses import summed_cross_entropy
 from rsojax.models import Sequential, mlp, mnist_convnet
@@ -13,6 +14,7 @@ __all__ = [
     "Cached",
     "Evaluator",
     "Generic",
+    "Incremental",
     "RSOConfig",
     "RSOState",
     "Sequential",

@@ -5,6 +5,8 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import os  # noqa: E402
+
 import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
 
@@ -36,3 +38,24 @@ def small_mlp():
     model = rsojax.mlp(hidden=(6,), input_shape=(5,))
     x, y = random_data(40, model.input_shape)
     return model, init_params(model, x), (x, y)
+
+
+@pytest.fixture
+def mock_mnist(tmp_path):
+    """TFDS MNIST replaced by `tfds.testing.mock_data` (random images, the real metadata).
+
+    With `batch_size=-1` the mock reads the split sizes from the data directory, so the
+    fixture writes MNIST's dataset_info.json and features.json (from TFDS's own builder)
+    there. Yields the data directory.
+    """
+    import tensorflow_datasets as tfds
+
+    n = 96
+    builder = tfds.builder("mnist", data_dir=str(tmp_path))
+    builder.info.set_splits(
+        tfds.core.SplitDict([tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0) for s in ("train", "test")])
+    )
+    os.makedirs(builder.data_dir, exist_ok=True)
+    builder.info.write_to_directory(builder.data_dir)
+    with tfds.testing.mock_data(num_examples=n, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path)):
+        yield str(tmp_path)

@@ -1,0 +1,34 @@
+"""Accuracy curves: against cycles or epochs, against weight updates, against wall time."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_curves(runs: dict[str, list[dict]], path: str, title: str = "") -> None:
+    """Writes a PNG with one line per run in each of the three panels.
+
+    Args:
+      runs: label -> records with `progress`, `weight_updates`, `wall_time_s`, `test_accuracy`.
+      path: the PNG file to write.
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = [
+        ("progress", "cycles (RSO) / epochs (SGD)", "linear"),
+        ("weight_updates", "weight updates", "log"),
+        ("wall_time_s", "wall time (s)", "linear"),
+    ]
+    for ax, (key, label, scale) in zip(axes, panels):
+        for name, records in runs.items():
+            ax.plot([r[key] for r in records], [100 * r["test_accuracy"] for r in records], marker=".", label=name)
+        ax.set_xlabel(label)
+        ax.set_xscale(scale)
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

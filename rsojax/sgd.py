@@ -1,0 +1,41 @@
+"""The gradient baseline: optax SGD with momentum on the same network and data.
+
+BN runs in batch mode during training, as in RSO's search, and evaluation uses the same rule
+(`rsojax.evaluation.accuracy`), so the two optimizers are compared on equal terms.
+"""
+
+import jax
+import optax
+
+from rsojax.losses import summed_cross_entropy
+from rsojax.models import Sequential
+
+
+def make_epoch(model: Sequential, optimizer: optax.GradientTransformation, batch_size: int):
+    """`epoch(params, opt_state, key, x, y) -> (params, opt_state, mean_loss)`.
+
+    One epoch visits the minibatches of a fresh permutation (the last partial batch is
+    dropped) with one jitted step each. The steps are not fused into a `lax.scan`: on XLA's
+    CPU backend the convolution gradients inside a loop body ran about 30x slower than the
+    same step called from Python (measured here: 1.66 s vs 0.056 s per step of 128 images).
+    """
+
+    def loss_fn(params, x, y):
+        return summed_cross_entropy(model.apply({"params": params}, x, train=True), y) / x.shape[0]
+
+    @jax.jit
+    def step(params, opt_state, x, y, idx):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x[idx], y[idx])
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    def epoch(params, opt_state, key, x, y):
+        steps = x.shape[0] // batch_size
+        batches = jax.random.permutation(key, x.shape[0])[: steps * batch_size].reshape(steps, batch_size)
+        total = 0.0
+        for idx in batches:
+            params, opt_state, loss = step(params, opt_state, x, y, idx)
+            total += loss
+        return params, opt_state, total / steps
+
+    return epoch

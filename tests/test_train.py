@@ -1,0 +1,49 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rsojax
+from rsojax.data import preprocess
+from rsojax.train import params_sha256, run_rso, run_sgd
+
+
+@pytest.fixture
+def tiny_mnist():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 64)
+    # images that carry their label, so that training has something to learn
+    x = (rng.random((64, 28, 28, 1)) * 60).astype(np.uint8)
+    x[np.arange(64), 2 * y, 5:20, 0] = 255
+    return preprocess(x, y, x[:32], y[:32])
+
+
+def test_run_rso_records_every_layer_sweep(tiny_mnist):
+    model = rsojax.mnist_convnet(channels=2)
+    config = rsojax.RSOConfig(batch_size=16, cycles=2)
+    chunks = []
+    records = [r for _, r in run_rso(model, tiny_mnist, config, chunk_size=10, on_chunk=lambda d, t: chunks.append((d, t)))]
+    layers = model.search_order()
+    assert [r["layer"] for r in records] == layers * 2
+    assert [r["cycle"] for r in records] == [0] * len(layers) + [1] * len(layers)
+    assert records[-1]["weight_updates"] == 2 * sum(r["n_weights"] for r in records[: len(layers)])
+    assert all(r["batch_loss_after"] <= r["batch_loss_before"] for r in records)
+    assert all(b["wall_time_s"] > a["wall_time_s"] for a, b in zip(records, records[1:]))
+    assert (10, 36) in chunks and (36, 36) in chunks  # conv kernel 3x3x2x2 in chunks of 10
+    assert 0.0 <= records[-1]["test_accuracy"] <= 1.0
+
+
+def test_run_sgd_learns(tiny_mnist):
+    model = rsojax.mnist_convnet(channels=4)
+    records = [r for _, r in run_sgd(model, tiny_mnist, epochs=8, batch_size=16, learning_rate=0.05)]
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert records[-1]["weight_updates"] == 8 * 4 * sum(a.size for a in jax.tree.leaves(rsojax.train.init_params(model)))
+    with pytest.raises(ValueError, match="batch_size"):
+        next(run_sgd(model, tiny_mnist, epochs=1, batch_size=1000))
+
+
+def test_params_sha256_is_a_function_of_the_values():
+    p = {"b": jnp.ones(3, jnp.float32), "a": {"k": jnp.zeros((2, 2), jnp.float32)}}
+    same = {"a": {"k": jnp.zeros((2, 2), jnp.float32)}, "b": jnp.ones(3, jnp.float32)}
+    assert params_sha256(p) == params_sha256(same)
+    assert params_sha256(p) != params_sha256({**p, "b": jnp.array([1.0, 1.0, 1.0000001], jnp.float32)})
