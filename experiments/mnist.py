@@ -3,8 +3,10 @@
     python experiments/mnist.py --optimizer rso --cycles 1 --batch_size 512 \
         --train_subset 10000 --workdir runs/rso
 
-Writes WORKDIR/metrics.jsonl (one record per RSO layer sweep or SGD epoch, appended as they
-come), WORKDIR/summary.json and WORKDIR/curves.png.
+Writes WORKDIR/metrics.jsonl (one record per RSO layer sweep or SGD epoch), summary.json,
+curves.png, config.json and checkpoints/ (orbax, at every layer boundary and every
+--checkpoint_every_s seconds). Rerunning the same command with the same --workdir resumes
+where the run stopped and ends exactly as an uninterrupted run would.
 """
 
 import argparse
@@ -15,23 +17,40 @@ import sys
 import time
 
 import jax
+import optax
 
 import rsojax
+from rsojax.checkpoint import CheckpointError, Checkpointer
 from rsojax.data import load_mnist
 from rsojax.plots import plot_curves
-from rsojax.train import params_sha256, run_rso, run_sgd
+from rsojax.train import SGDRun, Step, params_sha256, run_rso, run_sgd, start_rso, start_sgd
 
 EVALUATORS = {
     "cached": rsojax.Cached,
     "generic": lambda model: rsojax.Generic(rsojax.sequential_loss(model), model.input_shape),
 }
+log = logging.getLogger("rsojax.experiments")
+if not log.handlers:  # absl configures the root logger when TensorFlow loads: keep our own
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(_handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+# Settings that may change between a run and its resumption.
+RESUMABLE_CHANGES = ("workdir", "data_dir", "checkpoint_every_s")
+
+
+class UsageError(Exception):
+    """A problem with the command line or its inputs: reported in one line, no traceback."""
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--optimizer", choices=["rso", "sgd"], default="rso")
     p.add_argument("--cycles", type=int, default=50, help="RSO cycles; SGD epochs")
-    p.add_argument("--batch_size", type=int, default=None, help="RSO batch per weight (default 5000, the paper); SGD minibatch (default 128)")
+    p.add_argument(
+        "--batch_size", type=int, default=None, help="RSO batch per weight (default 5000, the paper); SGD minibatch (default 128)"
+    )
     p.add_argument("--train_subset", type=int, default=0, help="first N training images (0 = all)")
     p.add_argument("--seed", type=int, default=72, help="sampling seed (the parameters use --init_seed)")
     p.add_argument("--init_seed", type=int, default=420)
@@ -42,12 +61,16 @@ def parse_args(argv=None):
     p.add_argument("--anneal_floor", type=float, default=0.1)
     p.add_argument("--weight_decay", type=float, default=1e-4)
     p.add_argument("--chunk_size", type=int, default=256, help="weights per compiled RSO chunk")
+    p.add_argument("--checkpoint_every_s", type=float, default=300.0, help="also checkpoint inside a layer this often")
     p.add_argument("--learning_rate", type=float, default=0.05, help="SGD")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD")
     p.add_argument("--channels", type=int, default=16, help="conv channels (16 = the paper)")
     args = p.parse_args(argv)
     if args.batch_size is None:
         args.batch_size = 5000 if args.optimizer == "rso" else 128
+    for name in ("cycles", "batch_size", "chunk_size", "channels"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name}: expected a positive integer, got {getattr(args, name)}")
     return args
 
 
@@ -60,66 +83,133 @@ def write_json(path, obj):
     os.replace(tmp, path)
 
 
+def write_lines(path, records):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(tmp, path)
+
+
+def prepare_workdir(args) -> dict:
+    """Creates the workdir, or checks that it holds a run of the same configuration."""
+    config = vars(args)
+    try:
+        os.makedirs(args.workdir, exist_ok=True)
+        probe = os.path.join(args.workdir, ".write_test")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise UsageError(f"--workdir: {args.workdir} cannot be written ({e.strerror})") from None
+    path = os.path.join(args.workdir, "config.json")
+    if os.path.exists(path):
+        saved = json.load(open(path))
+        differ = sorted(k for k in saved.keys() | config.keys() if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k))
+        if differ:
+            changes = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in differ)
+            raise UsageError(
+                f"--workdir: {args.workdir} holds a run with another configuration ({changes}); "
+                "use a new --workdir, or the saved settings to resume"
+            )
+    else:
+        write_json(path, config)
+    return config
+
+
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    os.makedirs(args.workdir, exist_ok=True)
-    data = load_mnist(args.data_dir, args.train_subset)
+    config = prepare_workdir(args)
+    summary_path = os.path.join(args.workdir, "summary.json")
+    checkpointer = Checkpointer(os.path.join(args.workdir, "checkpoints"))
+
+    try:
+        data = load_mnist(args.data_dir, args.train_subset)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
     model = rsojax.mnist_convnet(channels=args.channels)
-    logging.info("%s on %d training images, %s", args.optimizer, data.x_train.shape[0], jax.devices()[0])
 
     if args.optimizer == "rso":
-        config = rsojax.RSOConfig(
-            batch_size=args.batch_size, cycles=args.cycles, anneal_floor=args.anneal_floor, weight_decay=args.weight_decay
-        )
+        try:
+            rso_config = rsojax.RSOConfig(
+                batch_size=args.batch_size, cycles=args.cycles, anneal_floor=args.anneal_floor, weight_decay=args.weight_decay
+            )
+            rso = rsojax.rso_trainer(model, rso_config, EVALUATORS[args.evaluator](model), args.kernels_only)
+            fresh = start_rso(rso, model, data, args.seed, args.init_seed)
+        except ValueError as e:
+            raise UsageError(str(e).replace("batch_size:", "--batch_size:")) from None
+        restored, meta = restore(checkpointer, fresh)
         progress = Progress()
-        runs = run_rso(
-            model,
-            data,
-            config,
-            seed=args.seed,
-            init_seed=args.init_seed,
-            evaluator=EVALUATORS[args.evaluator](model),
-            kernels_only=args.kernels_only,
-            chunk_size=args.chunk_size,
-            on_chunk=progress.update,
-        )
+        steps = run_rso(rso, model, data, restored or fresh, chunk_size=args.chunk_size, on_chunk=progress.update)
     else:
-        runs = run_sgd(
-            model,
-            data,
-            epochs=args.cycles,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            momentum=args.momentum,
-            seed=args.seed,
-            init_seed=args.init_seed,
-        )
+        optimizer = optax.sgd(args.learning_rate, momentum=args.momentum)
+        if args.batch_size > data.x_train.shape[0]:
+            raise UsageError(f"--batch_size: {args.batch_size} is larger than the training set ({data.x_train.shape[0]} images)")
+        fresh = start_sgd(model, optimizer, args.init_seed)
+        restored, meta = restore(checkpointer, fresh)
+        steps = run_sgd(model, data, optimizer, restored or fresh, epochs=args.cycles, batch_size=args.batch_size, seed=args.seed)
 
-    records = []
-    with open(os.path.join(args.workdir, "metrics.jsonl"), "w") as metrics_file:
-        for result, record in runs:
-            records.append(record)
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
-            logging.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+    records = list(meta["records"]) if restored else []
+    if restored and meta["finished"] and os.path.exists(summary_path):
+        log.info("the run in %s has finished already; nothing to do", args.workdir)
+        return json.load(open(summary_path))
+    log.info(
+        "%s on %d training images, %s, %s",
+        args.optimizer,
+        data.x_train.shape[0],
+        jax.devices()[0],
+        f"resuming after {restored.weight_updates:,} weight updates" if restored else "from the start",
+    )
 
+    metrics_path = os.path.join(args.workdir, "metrics.jsonl")
+    write_lines(metrics_path, records)  # the records of the checkpoint resumed from, nothing after it
+    step = restored or fresh
+    last_save = time.monotonic()
+    with open(metrics_path, "a") as metrics_file:
+        for step in steps:
+            if step.record is not None:
+                records.append(step.record)
+                metrics_file.write(json.dumps(step.record) + "\n")
+                metrics_file.flush()
+                log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in step.record.items()))
+            if step.record is not None or time.monotonic() - last_save >= args.checkpoint_every_s:
+                save(checkpointer, step, records, finished=False)
+                last_save = time.monotonic()
+
+    params = step.run.params if isinstance(step.run, SGDRun) else step.run.state.params
     summary = {
         "optimizer": args.optimizer,
-        "config": vars(args),
+        "config": config,
         "test_accuracy": records[-1]["test_accuracy"],
         "best_test_accuracy": max(r["test_accuracy"] for r in records),
         "weight_updates": records[-1]["weight_updates"],
         "wall_time_s": records[-1]["wall_time_s"],
-        "params_sha256": params_sha256(result.params if isinstance(result, rsojax.RSOState) else result),
+        "params_sha256": params_sha256(params),
         "jax_version": jax.__version__,
         "device": str(jax.devices()[0]),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    write_json(os.path.join(args.workdir, "summary.json"), summary)
     plot_curves({args.optimizer.upper(): records}, os.path.join(args.workdir, "curves.png"), title=f"MNIST, {args.optimizer.upper()}")
-    logging.info("test accuracy %.4f (best %.4f), %s", summary["test_accuracy"], summary["best_test_accuracy"], args.workdir)
+    write_json(summary_path, summary)
+    save(checkpointer, step, records, finished=True)
+    log.info("test accuracy %.4f (best %.4f), %s", summary["test_accuracy"], summary["best_test_accuracy"], args.workdir)
     return summary
+
+
+def save(checkpointer: Checkpointer, step: Step, records: list, finished: bool):
+    meta = {"records": records, "weight_updates": step.weight_updates, "wall_time_s": step.wall_time_s, "finished": finished}
+    # SGD steps count epochs; RSO steps count weights visited: both increase with every save.
+    number = int(step.run.epoch) if isinstance(step.run, SGDRun) else step.weight_updates
+    checkpointer.save(number + int(finished), step.run, meta)
+
+
+def restore(checkpointer: Checkpointer, fresh: Step) -> tuple[Step | None, dict | None]:
+    """The newest checkpoint as a Step and its metadata; (None, None) if there is none."""
+    try:
+        found = checkpointer.restore(fresh.run)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+    if found is None:
+        return None, None
+    _, run, meta = found
+    return Step(run, meta["weight_updates"], meta["wall_time_s"]), meta
 
 
 class Progress:
@@ -139,5 +229,18 @@ class Progress:
             self.bar = None
 
 
+def cli(argv=None) -> int:
+    """`main` for the command line: user errors become one line on stderr and exit code 2."""
+    try:
+        main(argv)
+    except UsageError as e:
+        print(f"mnist.py: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mnist.py: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -8,6 +8,7 @@ from rsojax.losses import summed_cross_entropy
 from rsojax.models import Sequential, mlp, mnist_convnet
 from rsojax.rso import RSO, RSOConfig, RSOState, SweepMetrics, choose
 from rsojax.schedule import anneal, layer_sigma
+from rsojax.train import RSORun, SGDRun, Step, init_params, params_sha256, rso_trainer, run_rso, run_sgd
 
 __all__ = [
     "RSO",
@@ -16,7 +17,10 @@ __all__ = [
     "Generic",
     "Incremental",
     "RSOConfig",
+    "RSORun",
     "RSOState",
+    "SGDRun",
+    "Step",
     "Sequential",
     "SweepMetrics",
     "accuracy",
@@ -24,10 +28,15 @@ __all__ = [
     "bn_statistics",
     "choose",
     "get_leaf",
+    "init_params",
     "layer_sigma",
     "mlp",
     "mnist_convnet",
+    "params_sha256",
     "predict",
+    "rso_trainer",
+    "run_rso",
+    "run_sgd",
     "sequential_loss",
     "set_leaf",
     "stage_inputs",

@@ -1,8 +1,10 @@
 """Test accuracy as the RSO reference code measures it.
 
 BN statistics are taken from the first `stats_images` (2000) training images in batch mode,
-then the test set runs with those statistics (`train=False`).
+then the test set runs with those statistics (`train=False`), in chunks of `chunk_size`.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,19 +18,28 @@ def bn_statistics(model: Sequential, params, x_stats) -> dict:
     return variables.get("batch_stats", {})
 
 
-def predict(model: Sequential, params, batch_stats, x, chunk_size: int = 2000) -> jax.Array:
-    """Predicted classes of `x` in evaluation mode, computed in chunks."""
-    variables = {"params": params, "batch_stats": batch_stats}
-    preds = [
-        jnp.argmax(model.apply(variables, x[i : i + chunk_size], train=False), axis=-1)
-        for i in range(0, x.shape[0], chunk_size)
-    ]
-    return jnp.concatenate(preds)
+def predict(model: Sequential, params, batch_stats, x) -> jax.Array:
+    """Predicted classes of `x` in evaluation mode."""
+    return jnp.argmax(model.apply({"params": params, "batch_stats": batch_stats}, x, train=False), axis=-1)
 
 
-def accuracy(model: Sequential, params, x_train, x_test, y_test, stats_images: int = 2000) -> float:
+@functools.partial(jax.jit, static_argnames=("model", "stats_images", "chunk_size"))
+def _correct(model, params, x_train, x_test, y_test, stats_images, chunk_size):
+    batch_stats = bn_statistics(model, params, x_train[:stats_images])
+    n_full = x_test.shape[0] // chunk_size * chunk_size
+    chunks = x_test[:n_full].reshape(-1, chunk_size, *x_test.shape[1:])
+    preds = jax.lax.map(lambda x: predict(model, params, batch_stats, x), chunks).reshape(-1)
+    correct = jnp.sum(preds == y_test[:n_full])
+    if n_full < x_test.shape[0]:
+        correct += jnp.sum(predict(model, params, batch_stats, x_test[n_full:]) == y_test[n_full:])
+    return correct
+
+
+def accuracy(
+    model: Sequential, params, x_train, x_test, y_test, stats_images: int = 2000, chunk_size: int = 2000
+) -> float:
     """Test accuracy with BN statistics of the first `stats_images` training images."""
     if x_test.shape[0] != y_test.shape[0]:
         raise ValueError(f"x_test, y_test: {x_test.shape[0]} images but {y_test.shape[0]} labels")
-    batch_stats = bn_statistics(model, params, x_train[:stats_images])
-    return float(jnp.mean(predict(model, params, batch_stats, x_test) == y_test))
+    correct = _correct(model, params, x_train, x_test, y_test, stats_images, min(chunk_size, x_test.shape[0]))
+    return float(correct) / x_test.shape[0]

@@ -1,14 +1,20 @@
-"""Training runs as generators of records: RSO per layer sweep, SGD per epoch.
+"""Training runs as generators: RSO and the SGD baseline, resumable at any yield.
 
-The records carry what `experiments/mnist.py` writes to `metrics.jsonl`; the generators do
-no file writing, so notebooks can consume them directly.
+Each generator yields a `Step` after every compiled chunk of work (RSO: a chunk of weights;
+SGD: an epoch). A `Step` holds the run's whole position (`RSORun` / `SGDRun`, pytrees of
+arrays that `rsojax.checkpoint` saves), the cumulative counters, and a record when a layer
+sweep (RSO) or an epoch (SGD) has just finished. Passing a saved `Step` back as `start`
+continues the run exactly where it stood. The generators write no files.
 """
 
 import hashlib
 import time
 from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
+import flax.struct
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -16,13 +22,36 @@ from rsojax.data import Dataset
 from rsojax.evaluation import accuracy
 from rsojax.evaluators import Cached, Evaluator
 from rsojax.models import Sequential
-from rsojax.rso import RSO, RSOConfig
+from rsojax.rso import RSO, RSOConfig, RSOState, SweepMetrics
 
 
-def init_params(model: Sequential, seed: int = 420, x_example=None):
+@flax.struct.dataclass
+class RSORun:
+    """Where an RSO run stands: the engine state and the position inside the cycle."""
+
+    state: RSOState
+    layer: jax.Array  # index into the layer order
+    weight: jax.Array  # next visit position inside that layer
+    partial: SweepMetrics  # the metrics of that layer so far
+
+
+@flax.struct.dataclass
+class SGDRun:
+    params: Any
+    opt_state: Any
+    epoch: jax.Array  # epochs completed
+
+
+class Step(NamedTuple):
+    run: Any  # RSORun or SGDRun
+    weight_updates: int
+    wall_time_s: float  # training time only: test evaluation is not counted
+    record: dict | None = None  # set when a layer sweep (RSO) or an epoch (SGD) has finished
+
+
+def init_params(model: Sequential, seed: int = 420):
     """Model parameters from `seed` (the reference code initialises with seed 420)."""
-    x = np.zeros((1, *model.input_shape), np.float32) if x_example is None else x_example[:1]
-    return model.init(jax.random.key(seed), x, train=True)["params"]
+    return model.init(jax.random.key(seed), np.zeros((1, *model.input_shape), np.float32), train=True)["params"]
 
 
 def params_sha256(params) -> str:
@@ -34,85 +63,120 @@ def params_sha256(params) -> str:
     return digest.hexdigest()
 
 
+def rso_trainer(model: Sequential, config: RSOConfig, evaluator: Evaluator | None = None, kernels_only: bool = False) -> RSO:
+    return RSO(evaluator or Cached(model), model.search_order(kernels_only), config)
+
+
+def start_rso(rso: RSO, model: Sequential, data: Dataset, seed: int = 72, init_seed: int = 420) -> Step:
+    """The step before any work: fresh parameters, the sampler at the start of its stream."""
+    state = rso.init(init_params(model, init_seed), jax.random.key(seed), (data.x_train, data.y_train))
+    metrics = SweepMetrics.zeros(jax.tree.leaves(state.params)[0].dtype)
+    return Step(RSORun(state=state, layer=jnp.int32(0), weight=jnp.int32(0), partial=metrics), 0, 0.0)
+
+
 def run_rso(
+    rso: RSO,
     model: Sequential,
     data: Dataset,
-    config: RSOConfig,
+    start: Step | None = None,
     *,
     seed: int = 72,
     init_seed: int = 420,
-    evaluator: Evaluator | None = None,
-    kernels_only: bool = False,
     chunk_size: int = 256,
     on_chunk: Callable[[int, int], None] | None = None,
-) -> Iterator[tuple]:
-    """Trains with RSO; yields `(state, record)` after every layer sweep.
-
-    `wall_time_s` counts training only (sweeps, including the per-layer cache), not the test
-    evaluation after each sweep.
-    """
-    evaluator = evaluator or Cached(model)
-    rso = RSO(evaluator, model.search_order(kernels_only), config)
-    train = (data.x_train, data.y_train)
-    state = rso.init(init_params(model, init_seed), jax.random.key(seed), train)
-    n_layers, weight_updates, wall_time = len(rso.layers), 0, 0.0
-    for cycle in range(config.cycles):
-        for i, path in enumerate(rso.layers):
-            start = time.perf_counter()
-            state, m = rso.layer(state, train, path, chunk_size=chunk_size, on_chunk=on_chunk)
+) -> Iterator[Step]:
+    """Runs RSO from `start` (default: a fresh start from the seeds) to the end of
+    `rso.config.cycles`, yielding after every chunk of `chunk_size` weights; the step that
+    ends a layer sweep carries its record."""
+    config, train = rso.config, (data.x_train, data.y_train)
+    start = start or start_rso(rso, model, data, seed, init_seed)
+    run, updates, wall_time = start.run, start.weight_updates, start.wall_time_s
+    while int(run.state.cycle) < config.cycles:
+        layer = int(run.layer)
+        path = rso.layers[layer]
+        n = rso.n_weights(run.state, path)
+        tic = time.perf_counter()
+        ctx = rso.prepare(run.state, train, path)
+        state, metrics, pos = run.state, run.partial, int(run.weight)
+        while pos < n:
+            stop = min(pos + chunk_size, n)
+            state, m = rso.sweep(state, ctx, path, pos, stop)
             jax.block_until_ready(state.params)
-            wall_time += time.perf_counter() - start
-            weight_updates += int(m.weights)
-            finite = max(int(m.weights) - int(m.nonfinite), 1)
-            yield state, {
-                "cycle": cycle,
-                "progress": cycle + (i + 1) / n_layers,
-                "layer": path,
-                "n_weights": int(m.weights),
-                "accepted": int(m.accepted),
-                "nonfinite": int(m.nonfinite),
-                "batch_loss_before": float(m.loss_before) / finite / config.batch_size,
-                "batch_loss_after": float(m.loss_after) / finite / config.batch_size,
-                "test_accuracy": accuracy(model, state.params, data.x_train, data.x_test, data.y_test),
-                "weight_updates": weight_updates,
-                "wall_time_s": wall_time,
-            }
-        state = state.replace(cycle=state.cycle + 1)
+            metrics, pos, updates = metrics + m, stop, updates + stop - pos
+            wall_time += time.perf_counter() - tic
+            tic = time.perf_counter()
+            if on_chunk is not None:
+                on_chunk(pos, n)
+            if pos < n:
+                yield Step(RSORun(state, jnp.int32(layer), jnp.int32(pos), metrics), updates, wall_time)
+        record = _sweep_record(rso, model, data, state, layer, metrics, updates, wall_time)
+        if layer + 1 == len(rso.layers):
+            state, layer = state.replace(cycle=state.cycle + 1), -1
+        run = RSORun(state, jnp.int32(layer + 1), jnp.int32(0), SweepMetrics.zeros(metrics.loss_before.dtype))
+        yield Step(run, updates, wall_time, record)
+
+
+def _sweep_record(rso, model, data, state, layer, m: SweepMetrics, updates, wall_time) -> dict:
+    finite = max(int(m.weights) - int(m.nonfinite), 1)
+    per_example = finite * rso.config.batch_size
+    cycle = int(state.cycle)
+    return {
+        "cycle": cycle,
+        "progress": cycle + (layer + 1) / len(rso.layers),
+        "layer": rso.layers[layer],
+        "n_weights": int(m.weights),
+        "accepted": int(m.accepted),
+        "nonfinite": int(m.nonfinite),
+        "batch_loss_before": float(m.loss_before) / per_example,
+        "batch_loss_after": float(m.loss_after) / per_example,
+        "test_accuracy": accuracy(model, state.params, data.x_train, data.x_test, data.y_test),
+        "weight_updates": updates,
+        "wall_time_s": wall_time,
+    }
+
+
+def start_sgd(model: Sequential, optimizer: optax.GradientTransformation, init_seed: int = 420) -> Step:
+    params = init_params(model, init_seed)
+    return Step(SGDRun(params=params, opt_state=optimizer.init(params), epoch=jnp.int32(0)), 0, 0.0)
 
 
 def run_sgd(
     model: Sequential,
     data: Dataset,
+    optimizer: optax.GradientTransformation,
+    start: Step | None = None,
     *,
     epochs: int,
     batch_size: int = 128,
-    learning_rate: float = 0.05,
-    momentum: float = 0.9,
     seed: int = 72,
     init_seed: int = 420,
-) -> Iterator[tuple]:
-    """Trains with optax SGD + momentum; yields `(params, record)` after every epoch."""
+) -> Iterator[Step]:
+    """Runs SGD from `start` (default: fresh parameters from `init_seed`) to `epochs` epochs,
+    yielding a step with a record per epoch."""
     from rsojax.sgd import make_epoch
+
+    start = start or start_sgd(model, optimizer, init_seed)
 
     n = data.x_train.shape[0]
     if not 0 < batch_size <= n:
         raise ValueError(f"batch_size: expected 1..{n} (the training set size), got {batch_size}")
-    optimizer = optax.sgd(learning_rate, momentum=momentum)
-    params = init_params(model, init_seed)
-    opt_state = optimizer.init(params)
     epoch_fn = make_epoch(model, optimizer, batch_size)
-    n_params = sum(a.size for a in jax.tree.leaves(params))
-    key, wall_time = jax.random.key(seed), 0.0
-    for epoch in range(epochs):
-        start = time.perf_counter()
-        params, opt_state, loss = epoch_fn(params, opt_state, jax.random.fold_in(key, epoch), data.x_train, data.y_train)
+    run, wall_time = start.run, start.wall_time_s
+    n_params = sum(a.size for a in jax.tree.leaves(run.params))
+    for epoch in range(int(run.epoch), epochs):
+        tic = time.perf_counter()
+        key = jax.random.fold_in(jax.random.key(seed), epoch)
+        params, opt_state, loss = epoch_fn(run.params, run.opt_state, key, data.x_train, data.y_train)
         jax.block_until_ready(params)
-        wall_time += time.perf_counter() - start
-        yield params, {
+        wall_time += time.perf_counter() - tic
+        run = SGDRun(params=params, opt_state=opt_state, epoch=jnp.int32(epoch + 1))
+        updates = n_params * (n // batch_size) * (epoch + 1)
+        record = {
             "epoch": epoch,
             "progress": epoch + 1,
             "train_loss": float(loss),
             "test_accuracy": accuracy(model, params, data.x_train, data.x_test, data.y_test),
-            "weight_updates": n_params * (n // batch_size) * (epoch + 1),
+            "weight_updates": updates,
             "wall_time_s": wall_time,
         }
+        yield Step(run, updates, wall_time, record)

@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import rsojax
@@ -22,7 +23,9 @@ def test_run_rso_records_every_layer_sweep(tiny_mnist):
     model = rsojax.mnist_convnet(channels=2)
     config = rsojax.RSOConfig(batch_size=16, cycles=2)
     chunks = []
-    records = [r for _, r in run_rso(model, tiny_mnist, config, chunk_size=10, on_chunk=lambda d, t: chunks.append((d, t)))]
+    rso = rsojax.rso_trainer(model, config)
+    steps = list(run_rso(rso, model, tiny_mnist, chunk_size=10, on_chunk=lambda d, t: chunks.append((d, t))))
+    records = [s.record for s in steps if s.record is not None]
     layers = model.search_order()
     assert [r["layer"] for r in records] == layers * 2
     assert [r["cycle"] for r in records] == [0] * len(layers) + [1] * len(layers)
@@ -35,11 +38,12 @@ def test_run_rso_records_every_layer_sweep(tiny_mnist):
 
 def test_run_sgd_learns(tiny_mnist):
     model = rsojax.mnist_convnet(channels=4)
-    records = [r for _, r in run_sgd(model, tiny_mnist, epochs=8, batch_size=16, learning_rate=0.05)]
+    optimizer = optax.sgd(0.05, momentum=0.9)
+    records = [s.record for s in run_sgd(model, tiny_mnist, optimizer, epochs=8, batch_size=16)]
     assert records[-1]["train_loss"] < records[0]["train_loss"]
-    assert records[-1]["weight_updates"] == 8 * 4 * sum(a.size for a in jax.tree.leaves(rsojax.train.init_params(model)))
+    assert records[-1]["weight_updates"] == 8 * 4 * sum(a.size for a in jax.tree.leaves(rsojax.init_params(model)))
     with pytest.raises(ValueError, match="batch_size"):
-        next(run_sgd(model, tiny_mnist, epochs=1, batch_size=1000))
+        next(run_sgd(model, tiny_mnist, optimizer, epochs=1, batch_size=1000))
 
 
 def test_params_sha256_is_a_function_of_the_values():
@@ -47,3 +51,16 @@ def test_params_sha256_is_a_function_of_the_values():
     same = {"a": {"k": jnp.zeros((2, 2), jnp.float32)}, "b": jnp.ones(3, jnp.float32)}
     assert params_sha256(p) == params_sha256(same)
     assert params_sha256(p) != params_sha256({**p, "b": jnp.array([1.0, 1.0, 1.0000001], jnp.float32)})
+
+
+def test_resuming_from_any_step_ends_identically(tiny_mnist):
+    model = rsojax.mnist_convnet(channels=2)
+    rso = rsojax.rso_trainer(model, rsojax.RSOConfig(batch_size=16, cycles=2))
+    steps = list(run_rso(rso, model, tiny_mnist, chunk_size=7))
+    final = steps[-1].run.state.params
+    for k in (5, 23, len(steps) // 2 + 1):  # mid-layer, and later on
+        resumed = list(run_rso(rso, model, tiny_mnist, steps[k], chunk_size=7))
+        assert params_sha256(resumed[-1].run.state.params) == params_sha256(final)
+        ours = [{**s.record, "wall_time_s": 0} for s in resumed if s.record]
+        theirs = [{**s.record, "wall_time_s": 0} for s in steps[k + 1 :] if s.record]
+        assert ours == theirs

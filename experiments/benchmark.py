@@ -1,0 +1,197 @@
+"""Seconds per RSO cycle of the paper's MNIST network, per evaluation path.
+
+Times K weights of every layer through the engine's public API (`RSO.prepare`, `RSO.sweep`)
+and extrapolates to the full layer; compilation is timed apart. Data are random images of
+MNIST shape (no dataset needed): the cost does not depend on the values.
+
+    python experiments/benchmark.py --mode incremental --batch_size 512 --weights_per_layer 64 \
+        --out incremental_512.json
+"""
+
+import argparse
+import json
+import math
+import os
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+
+import rsojax
+from rsojax.models import ConvBlock, PoolHead
+
+MODES = ("cached", "incremental", "generic")
+
+
+def evaluator_for(mode: str, model):
+    if mode == "cached":
+        return rsojax.Cached(model)
+    if mode == "incremental":
+        return rsojax.Incremental(model)
+    return rsojax.Generic(rsojax.sequential_loss(model), model.input_shape)
+
+
+# --- Arithmetic per cycle, counted analytically --------------------------------------------
+# Multiply-adds x 2 of the convolutions and the dense layer only; BN, ReLU, pooling, the loss
+# and data movement are not counted. `stage_flops[i]` is stage i's cost for one image.
+
+
+def stage_flops(model) -> list[float]:
+    flops, shape = [], (1, *model.input_shape)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=True))["params"]
+    for i, stage in enumerate(model.stages):
+        h, w, c_in = shape[1:]
+        if isinstance(stage, ConvBlock):
+            flops.append(2.0 * h * w * 9 * c_in * stage.features)
+        elif isinstance(stage, PoolHead):
+            flops.append(2.0 * c_in * stage.classes)
+        else:
+            raise ValueError(f"model: no FLOP count for stage {i} ({type(stage).__name__})")
+        out = jax.eval_shape(lambda p, x, i=i: model.apply({"params": p}, x, start=i, stop=i + 1), params, jnp.zeros(shape))
+        shape = out.shape
+    return flops
+
+
+def flops_generic(f, d, leaf, n_weights, batch, n_train) -> float:
+    """Per weight: the stages before d once (they do not depend on the weight), d on 3 times."""
+    del leaf, n_train
+    return n_weights * batch * (sum(f[:d]) + 3 * sum(f[d:]))
+
+
+def flops_cached(f, d, leaf, n_weights, batch, n_train) -> float:
+    """prepare: stages before d over the training set; per weight: stages d on, 3 times."""
+    del leaf
+    return n_train * sum(f[:d]) + n_weights * batch * 3 * sum(f[d:])
+
+
+def flops_incremental(f, d, leaf, n_weights, batch, n_train, model) -> float:
+    """prepare: stages before d and conv d over the training set; for a kernel, folding each
+    output channel into the cache once (conv d over the training set in all) and per weight one
+    output channel of conv d on the batch. Per weight: if stage d+1 is a ConvBlock, its conv on
+    the batch once (the base) and one input channel of it 3 times, then stages d+2 on 3 times;
+    otherwise stages d+1 on 3 times. Other stages: as `flops_cached`."""
+    stages = model.stages
+    if not isinstance(stages[d], ConvBlock):
+        return flops_cached(f, d, leaf, n_weights, batch, n_train)
+    kernel = leaf == "Conv_0/kernel"
+    total = n_train * (sum(f[: d + 1]) + (f[d] if kernel else 0.0))
+    per_image = f[d] / stages[d].features if kernel else 0.0
+    if d + 1 < len(stages) and isinstance(stages[d + 1], ConvBlock):
+        per_image += f[d + 1] + 3 * f[d + 1] / stages[d].features + 3 * sum(f[d + 2 :])
+    else:
+        per_image += 3 * sum(f[d + 1 :])
+    return total + n_weights * batch * per_image
+
+
+def window(mode: str, shape, k: int) -> int:
+    """Weights to time. `incremental` folds its cache once per output channel, so its window is
+    rounded up to whole output channels (of kernels) to count that work in proportion."""
+    n = math.prod(shape)
+    if k == 0 or k >= n - 1:
+        return n - 1
+    if mode == "incremental" and len(shape) >= 2:
+        group = n // shape[-1]
+        k = group * math.ceil(k / group)
+    return min(k, n - 1)
+
+
+def timed(fn, *args, **kwargs):
+    t = time.perf_counter()
+    out = jax.block_until_ready(fn(*args, **kwargs))
+    return out, time.perf_counter() - t
+
+
+def run(args) -> dict:
+    model = rsojax.mnist_convnet()
+    kx, ky, kp = jax.random.split(jax.random.key(args.seed), 3)
+    x = jax.random.normal(kx, (args.train_size, *model.input_shape), jnp.float32)
+    y = jax.random.randint(ky, (args.train_size,), 0, 10)
+    params = model.init(kp, x[:2], train=True)["params"]
+    rso = rsojax.RSO(evaluator_for(args.mode, model), model.search_order(), rsojax.RSOConfig(batch_size=args.batch_size))
+    state = rso.init(params, jax.random.key(args.seed), (x, y))
+    f = stage_flops(model)
+    load_before = os.getloadavg()
+    per_layer, compile_seconds, flops = [], 0.0, 0.0
+    for path in rso.layers:
+        d, leaf = rsojax.models.stage_of(path), path.split("/", 1)[1]
+        shape = rsojax.get_leaf(state.params, path).shape
+        n = math.prod(shape)
+        ctx, first = timed(rso.prepare, state, (x, y), path)
+        del ctx
+        ctx, prepare_s = timed(rso.prepare, state, (x, y), path)
+        # Weight 0 alone compiles the sweep; then `k` weights are timed.
+        (state, _), warm_s = timed(rso.sweep, state, ctx, path, 0, 1)
+        k = window(args.mode, shape, args.weights_per_layer)
+        (state, _), sweep_s = timed(rso.sweep, state, ctx, path, 1, 1 + k)
+        del ctx
+        per_weight = sweep_s / k
+        compile_seconds += max(first - prepare_s, 0.0) + max(warm_s - per_weight, 0.0)
+        layer_seconds = prepare_s + n * per_weight
+        if args.mode == "incremental":
+            layer_flops = flops_incremental(f, d, leaf, n, args.batch_size, args.train_size, model)
+        else:
+            layer_flops = (flops_cached if args.mode == "cached" else flops_generic)(
+                f, d, leaf, n, args.batch_size, args.train_size
+            )
+        flops += layer_flops
+        per_layer.append(
+            {
+                "layer": path,
+                "n_weights": n,
+                "timed_weights": k,
+                "weights_per_s": 1.0 / per_weight,
+                "prepare_seconds": prepare_s,
+                "layer_seconds": layer_seconds,
+                "layer_flops": layer_flops,
+            }
+        )
+        print(
+            f"{path:28s} {n:6d} {k:5d} {1.0 / per_weight:10.1f} {prepare_s:9.2f} {layer_seconds:10.1f}"
+            f" {layer_flops / layer_seconds / 1e9:8.1f}",
+            flush=True,
+        )
+    cycle_seconds = sum(r["layer_seconds"] for r in per_layer)
+    return {
+        "mode": args.mode,
+        "batch_size": args.batch_size,
+        "train_size": args.train_size,
+        "weights_per_layer": args.weights_per_layer,
+        "seed": args.seed,
+        "per_layer": per_layer,
+        "cycle_seconds": cycle_seconds,
+        "flops_per_cycle": flops,
+        "achieved_gflops": flops / cycle_seconds / 1e9,
+        "compile_seconds": compile_seconds,
+        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} cores",
+        "jax_version": jax.__version__,
+        "load_average": {"before": load_before, "after": os.getloadavg()},
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch_size", type=int, default=512)
+    parser.add_argument("--weights_per_layer", type=int, default=64, metavar="K",
+                        help="time K weights per layer and extrapolate; 0 = the full layer")
+    parser.add_argument("--mode", choices=MODES, default="incremental", help="the evaluation path")
+    parser.add_argument("--out", default=None, metavar="FILE.json")
+    parser.add_argument("--train_size", type=int, default=60000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(f"mode={args.mode} batch_size={args.batch_size} train_size={args.train_size} K={args.weights_per_layer}")
+    print(f"{'layer':28s} {'n':>6s} {'timed':>5s} {'weights/s':>10s} {'prepare s':>9s} {'layer s':>10s} {'GFLOP/s':>8s}")
+    result = run(args)
+    print(
+        f"cycle: {result['cycle_seconds']:.1f} s, {result['flops_per_cycle'] / 1e12:.2f} TFLOP, "
+        f"{result['achieved_gflops']:.1f} GFLOP/s; compile {result['compile_seconds']:.1f} s; "
+        f"peak memory {result['peak_memory_mb']:.0f} MB; load {result['load_average']}"
+    )
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(result, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
