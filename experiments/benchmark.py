@@ -6,6 +6,9 @@ MNIST shape (no dataset needed): the cost does not depend on the values.
 
     python experiments/benchmark.py --mode incremental --batch_size 512 --weights_per_layer 64 \
         --out incremental_512.json
+
+--devices N splits each minibatch over N devices (`rsojax.sharding`); on a CPU, N devices are
+made from its cores (`jax_num_cpu_devices`), so compare N = 1, 2, ... on the same machine.
 """
 
 import argparse
@@ -19,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 import rsojax
+from rsojax import sharding
 from rsojax.models import ConvBlock, PoolHead
 
 MODES = ("cached", "incremental", "generic")
@@ -108,7 +112,10 @@ def run(args) -> dict:
     x = jax.random.normal(kx, (args.train_size, *model.input_shape), jnp.float32)
     y = jax.random.randint(ky, (args.train_size,), 0, 10)
     params = model.init(kp, x[:2], train=True)["params"]
-    rso = rsojax.RSO(evaluator_for(args.mode, model), model.search_order(), rsojax.RSOConfig(batch_size=args.batch_size))
+    mesh = sharding.make_mesh(args.devices)
+    rso = rsojax.RSO(
+        evaluator_for(args.mode, model), model.search_order(), rsojax.RSOConfig(batch_size=args.batch_size), mesh=mesh
+    )
     state = rso.init(params, jax.random.key(args.seed), (x, y))
     f = stage_flops(model)
     load_before = os.getloadavg()
@@ -158,6 +165,8 @@ def run(args) -> dict:
         "train_size": args.train_size,
         "weights_per_layer": args.weights_per_layer,
         "seed": args.seed,
+        **sharding.describe(mesh),
+        "weights_per_s": sum(r["n_weights"] for r in per_layer) / cycle_seconds,
         "per_layer": per_layer,
         "cycle_seconds": cycle_seconds,
         "flops_per_cycle": flops,
@@ -179,12 +188,19 @@ def main():
     parser.add_argument("--out", default=None, metavar="FILE.json")
     parser.add_argument("--train_size", type=int, default=60000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--devices", type=int, default=1, help="devices each minibatch is split over (0 = all)")
     args = parser.parse_args()
-    print(f"mode={args.mode} batch_size={args.batch_size} train_size={args.train_size} K={args.weights_per_layer}")
+    if args.devices > 1:  # on a CPU backend, as many devices as asked (no effect on GPUs and TPUs)
+        jax.config.update("jax_num_cpu_devices", args.devices)
+    print(
+        f"mode={args.mode} batch_size={args.batch_size} train_size={args.train_size} K={args.weights_per_layer}"
+        f" devices={args.devices}"
+    )
     print(f"{'layer':28s} {'n':>6s} {'timed':>5s} {'weights/s':>10s} {'prepare s':>9s} {'layer s':>10s} {'GFLOP/s':>8s}")
     result = run(args)
     print(
-        f"cycle: {result['cycle_seconds']:.1f} s, {result['flops_per_cycle'] / 1e12:.2f} TFLOP, "
+        f"cycle: {result['cycle_seconds']:.1f} s ({result['weights_per_s']:.1f} weights/s on {result['n_devices']} "
+        f"device(s), {result['n_processes']} process(es)), {result['flops_per_cycle'] / 1e12:.2f} TFLOP, "
         f"{result['achieved_gflops']:.1f} GFLOP/s; compile {result['compile_seconds']:.1f} s; "
         f"peak memory {result['peak_memory_mb']:.0f} MB; load {result['load_average']}"
     )

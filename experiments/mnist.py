@@ -7,6 +7,13 @@ Writes WORKDIR/metrics.jsonl (one record per RSO layer sweep or SGD epoch), summ
 curves.png, config.json and checkpoints/ (orbax, at every layer boundary and every
 --checkpoint_every_s seconds). Rerunning the same command with the same --workdir resumes
 where the run stopped and ends exactly as an uninterrupted run would.
+
+Each minibatch is split over --devices devices (default: all; see `rsojax.sharding`). With
+--distributed, one process per host joins a multi-process run (`jax.distributed.initialize`)
+and the mesh spans every host's devices; only process 0 writes files:
+
+    python experiments/mnist.py --distributed --coordinator_address host0:1234 \
+        --num_processes 2 --process_id $RANK --workdir runs/rso   # on each of 2 hosts
 """
 
 import argparse
@@ -22,6 +29,7 @@ import optax
 import rsojax
 from rsojax.checkpoint import CheckpointError, Checkpointer
 from rsojax.data import load_mnist
+from rsojax import sharding
 from rsojax.plots import plot_curves
 from rsojax.train import SGDRun, Step, params_sha256, run_rso, run_sgd, start_rso, start_sgd
 
@@ -37,7 +45,7 @@ if not log.handlers:  # absl configures the root logger when TensorFlow loads: k
     log.setLevel(logging.INFO)
     log.propagate = False
 # Settings that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("workdir", "data_dir", "checkpoint_every_s")
+RESUMABLE_CHANGES = ("workdir", "data_dir", "checkpoint_every_s", "coordinator_address", "process_id")
 
 
 class UsageError(Exception):
@@ -65,6 +73,11 @@ def parse_args(argv=None):
     p.add_argument("--learning_rate", type=float, default=0.05, help="SGD")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD")
     p.add_argument("--channels", type=int, default=16, help="conv channels (16 = the paper)")
+    p.add_argument("--devices", type=int, default=0, help="devices the batch is split over (0 = all, of all processes)")
+    p.add_argument("--distributed", action="store_true", help="join a multi-process run (jax.distributed.initialize)")
+    p.add_argument("--coordinator_address", help="with --distributed: host:port of process 0 (default: $JAX_COORDINATOR_ADDRESS)")
+    p.add_argument("--num_processes", type=int, help="with --distributed (default: $JAX_NUM_PROCESSES)")
+    p.add_argument("--process_id", type=int, help="with --distributed (default: $JAX_PROCESS_ID)")
     args = p.parse_args(argv)
     if args.batch_size is None:
         args.batch_size = 5000 if args.optimizer == "rso" else 128
@@ -117,9 +130,19 @@ def prepare_workdir(args) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    config = prepare_workdir(args)
+    if args.distributed:  # unset values come from the environment or the cluster (Slurm, Open MPI)
+        sharding.distributed_init(args.coordinator_address, args.num_processes, args.process_id)
+    try:
+        mesh = sharding.make_mesh(args.devices)
+        sharding.check_batch(args.batch_size, mesh)
+    except ValueError as e:
+        raise UsageError("--" + str(e).replace("n_devices:", "devices:")) from None
+    writer = jax.process_index() == 0  # the other processes compute the same run and write nothing
+    if not writer:
+        log.setLevel(logging.WARNING)
+    config = prepare_workdir(args) if writer else vars(args)
     summary_path = os.path.join(args.workdir, "summary.json")
-    checkpointer = Checkpointer(os.path.join(args.workdir, "checkpoints"))
+    checkpointer = Checkpointer(os.path.join(args.workdir, "checkpoints")) if writer else None
 
     try:
         data = load_mnist(args.data_dir, args.train_subset)
@@ -132,38 +155,45 @@ def main(argv=None):
             rso_config = rsojax.RSOConfig(
                 batch_size=args.batch_size, cycles=args.cycles, anneal_floor=args.anneal_floor, weight_decay=args.weight_decay
             )
-            rso = rsojax.rso_trainer(model, rso_config, EVALUATORS[args.evaluator](model), args.kernels_only)
+            rso = rsojax.rso_trainer(model, rso_config, EVALUATORS[args.evaluator](model), args.kernels_only, mesh)
             fresh = start_rso(rso, model, data, args.seed, args.init_seed)
         except ValueError as e:
             raise UsageError(str(e).replace("batch_size:", "--batch_size:")) from None
         restored, meta = restore(checkpointer, fresh)
         progress = Progress()
-        steps = run_rso(rso, model, data, restored or fresh, chunk_size=args.chunk_size, on_chunk=progress.update)
+        steps = run_rso(
+            rso, model, data, restored or fresh, chunk_size=args.chunk_size, on_chunk=progress.update if writer else None
+        )
     else:
         optimizer = optax.sgd(args.learning_rate, momentum=args.momentum)
         if args.batch_size > data.x_train.shape[0]:
             raise UsageError(f"--batch_size: {args.batch_size} is larger than the training set ({data.x_train.shape[0]} images)")
         fresh = start_sgd(model, optimizer, args.init_seed)
         restored, meta = restore(checkpointer, fresh)
-        steps = run_sgd(model, data, optimizer, restored or fresh, epochs=args.cycles, batch_size=args.batch_size, seed=args.seed)
+        steps = run_sgd(
+            model, data, optimizer, restored or fresh, epochs=args.cycles, batch_size=args.batch_size, seed=args.seed, mesh=mesh
+        )
 
     records = list(meta["records"]) if restored else []
-    if restored and meta["finished"] and os.path.exists(summary_path):
+    if restored and meta["finished"] and (os.path.exists(summary_path) or not writer):
         log.info("the run in %s has finished already; nothing to do", args.workdir)
-        return json.load(open(summary_path))
+        return json.load(open(summary_path)) if writer else {}
     log.info(
-        "%s on %d training images, %s, %s",
+        "%s on %d training images, %s x%d in %d process(es), %s",
         args.optimizer,
         data.x_train.shape[0],
         jax.devices()[0],
+        mesh.size,
+        jax.process_count(),
         f"resuming after {restored.weight_updates:,} weight updates" if restored else "from the start",
     )
 
     metrics_path = os.path.join(args.workdir, "metrics.jsonl")
-    write_lines(metrics_path, records)  # the records of the checkpoint resumed from, nothing after it
+    if writer:
+        write_lines(metrics_path, records)  # the records of the checkpoint resumed from, nothing after it
     step = restored or fresh
     last_save = time.monotonic()
-    with open(metrics_path, "a") as metrics_file:
+    with open(metrics_path if writer else os.devnull, "a") as metrics_file:
         for step in steps:
             if step.record is not None:
                 records.append(step.record)
@@ -185,7 +215,10 @@ def main(argv=None):
         "params_sha256": params_sha256(params),
         "jax_version": jax.__version__,
         "device": str(jax.devices()[0]),
+        **sharding.describe(mesh),
     }
+    if not writer:
+        return summary
     plot_curves({args.optimizer.upper(): records}, os.path.join(args.workdir, "curves.png"), title=f"MNIST, {args.optimizer.upper()}")
     write_json(summary_path, summary)
     save(checkpointer, step, records, finished=True)
@@ -193,19 +226,29 @@ def main(argv=None):
     return summary
 
 
-def save(checkpointer: Checkpointer, step: Step, records: list, finished: bool):
+def save(checkpointer: Checkpointer | None, step: Step, records: list, finished: bool):
+    if checkpointer is None:  # not process 0
+        return
     meta = {"records": records, "weight_updates": step.weight_updates, "wall_time_s": step.wall_time_s, "finished": finished}
     # SGD steps count epochs; RSO steps count weights visited: both increase with every save.
     number = int(step.run.epoch) if isinstance(step.run, SGDRun) else step.weight_updates
     checkpointer.save(number + int(finished), step.run, meta)
 
 
-def restore(checkpointer: Checkpointer, fresh: Step) -> tuple[Step | None, dict | None]:
-    """The newest checkpoint as a Step and its metadata; (None, None) if there is none."""
-    try:
-        found = checkpointer.restore(fresh.run)
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
+def restore(checkpointer: Checkpointer | None, fresh: Step) -> tuple[Step | None, dict | None]:
+    """The newest checkpoint as a Step and its metadata; (None, None) if there is none. With
+    several processes, process 0 reads it and sends it to the others."""
+    found, error = None, None
+    if checkpointer is not None:
+        try:
+            found = checkpointer.restore(fresh.run)
+        except CheckpointError as e:
+            error = str(e)
+    if jax.process_count() > 1:
+        meta, error = sharding.broadcast_json([found and found[2], error])
+        found = None if meta is None else (None, sharding.broadcast_tree(found[1] if found else fresh.run), meta)
+    if error:
+        raise UsageError(error)
     if found is None:
         return None, None
     _, run, meta = found

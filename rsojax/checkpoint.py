@@ -7,12 +7,14 @@ intact. Restoring takes the newest checkpoint that reads back whole; if the newe
 damaged, it says so and falls back to the one before.
 """
 
+import dataclasses
 import logging
 import os
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 class CheckpointError(RuntimeError):
@@ -29,16 +31,17 @@ def _savable(tree):
 
 
 class Checkpointer:
-    """Numbered checkpoints of one run in `directory`, the newest `keep` kept."""
+    """Numbered checkpoints of one run in `directory`, the newest `keep` kept, written and read
+    by the calling process only (in a multi-process run: by process 0, see `rsojax.sharding`)."""
 
     def __init__(self, directory: str, keep: int = 3):
         self.directory = os.path.abspath(directory)
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=False, cleanup_tmp_directories=True
-            ),
-        )
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False, cleanup_tmp_directories=True)
+        if jax.process_count() > 1:  # this process alone saves, with no barrier on the others
+            epath.Path(self.directory).mkdir(parents=True, exist_ok=True)  # orbax will not with active_processes
+            alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(), active_processes={jax.process_index()})
+            options = dataclasses.replace(options, create=False, multiprocessing_options=alone)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())

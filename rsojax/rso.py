@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from rsojax.evaluators import Evaluator
 from rsojax.layer_order import check_layers, get_leaf, set_leaf, weight_order
 from rsojax.sampling import SamplerState, init_sampler, next_batch
+from rsojax.sharding import check_batch, replicate, shard_batch
 from rsojax.schedule import anneal, layer_sigma
 
 
@@ -125,9 +126,11 @@ class RSO:
       evaluator: computes candidate losses (`rsojax.Generic`, `rsojax.Cached`, ...).
       layers: parameter paths (`"stages_6/Dense_0/kernel"`) in the order they are visited.
       config: hyperparameters.
+      mesh: a `jax.sharding.Mesh` with a 'data' axis (`rsojax.sharding.make_mesh`): each
+        minibatch is split over its devices, state and data are replicated (None: one device).
     """
 
-    def __init__(self, evaluator: Evaluator, layers: Sequence[str], config: RSOConfig = RSOConfig()):
+    def __init__(self, evaluator: Evaluator, layers: Sequence[str], config: RSOConfig = RSOConfig(), mesh=None):
         if isinstance(layers, str) or not isinstance(layers, Sequence):
             raise TypeError(f"layers: expected a list of parameter paths, got {layers!r}")
         if not layers:
@@ -135,6 +138,8 @@ class RSO:
         self.evaluator = evaluator
         self.layers = tuple(layers)
         self.config = config
+        self.mesh = mesh
+        check_batch(config.batch_size, mesh)
         self._prepare = jax.jit(self.evaluator.prepare, static_argnames="path")
         self._sweep = jax.jit(self._sweep_impl, static_argnames=("path",))
 
@@ -151,9 +156,10 @@ class RSO:
             for path in self.layers
         }
         search_key, data_key = jax.random.split(key)
-        return RSOState(
+        state = RSOState(
             params=params, sigmas=sigmas, key=search_key, cycle=jnp.int32(0), sampler=init_sampler(data_key, n)
         )
+        return replicate(state, self.mesh)
 
     def _check_batch(self, n: int):
         if self.config.batch_size > n:
@@ -169,7 +175,7 @@ class RSO:
             raise ValueError(f"data: {n} examples, but the state was initialised with {state.sampler.perm.shape[0]}")
         if path not in self.layers:
             raise ValueError(f"path: {path!r} is not one of the layers {list(self.layers)}")
-        return self._prepare(state.params, path=path, data=data)
+        return self._prepare(state.params, path=path, data=replicate(data, self.mesh))
 
     def sweep(self, state: RSOState, ctx, path: str, start: int = 0, stop: int | None = None):
         """Visits weights `start` to `stop - 1` (visit positions) of layer `path`.
@@ -232,6 +238,7 @@ class RSO:
         def visit(i, carry):
             params, ctx, sampler, metrics = carry
             idx, sampler = next_batch(sampler, cfg.batch_size)
+            idx = shard_batch(idx, self.mesh)
             j = order[i]
             flat = get_leaf(params, path).ravel()
             w = flat[j]

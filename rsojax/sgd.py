@@ -9,10 +9,15 @@ import optax
 
 from rsojax.losses import summed_cross_entropy
 from rsojax.models import Sequential
+from rsojax.sharding import check_batch, replicate, shard_batch
 
 
-def make_epoch(model: Sequential, optimizer: optax.GradientTransformation, batch_size: int):
+def make_epoch(model: Sequential, optimizer: optax.GradientTransformation, batch_size: int, mesh=None):
     """`epoch(params, opt_state, key, x, y) -> (params, opt_state, mean_loss)`.
+
+    With a `mesh` (`rsojax.sharding`), standard data parallelism: each minibatch is split over
+    the mesh's devices, parameters, optimizer state and data are replicated, and the gradient
+    is all-reduced, so the steps are those of one device.
 
     One epoch visits the minibatches of a fresh permutation (the last partial batch is
     dropped) with one jitted step each. The steps are not fused into a `lax.scan`: on XLA's
@@ -20,11 +25,14 @@ def make_epoch(model: Sequential, optimizer: optax.GradientTransformation, batch
     same step called from Python (measured here: 1.66 s vs 0.056 s per step of 128 images).
     """
 
+    check_batch(batch_size, mesh)
+
     def loss_fn(params, x, y):
         return summed_cross_entropy(model.apply({"params": params}, x, train=True), y) / x.shape[0]
 
     @jax.jit
-    def step(params, opt_state, x, y, idx):
+    def step(params, opt_state, x, y, batches, i):
+        idx = shard_batch(batches[i], mesh)
         loss, grads = jax.value_and_grad(loss_fn)(params, x[idx], y[idx])
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
@@ -32,9 +40,10 @@ def make_epoch(model: Sequential, optimizer: optax.GradientTransformation, batch
     def epoch(params, opt_state, key, x, y):
         steps = x.shape[0] // batch_size
         batches = jax.random.permutation(key, x.shape[0])[: steps * batch_size].reshape(steps, batch_size)
+        params, opt_state, x, y, batches = replicate((params, opt_state, x, y, batches), mesh)
         total = 0.0
-        for idx in batches:
-            params, opt_state, loss = step(params, opt_state, x, y, idx)
+        for i in range(steps):
+            params, opt_state, loss = step(params, opt_state, x, y, batches, i)
             total += loss
         return params, opt_state, total / steps
 

@@ -23,6 +23,7 @@ from rsojax.evaluation import accuracy
 from rsojax.evaluators import Cached, Evaluator
 from rsojax.models import Sequential
 from rsojax.rso import RSO, RSOConfig, RSOState, SweepMetrics
+from rsojax.sharding import replicate
 
 
 @flax.struct.dataclass
@@ -63,8 +64,10 @@ def params_sha256(params) -> str:
     return digest.hexdigest()
 
 
-def rso_trainer(model: Sequential, config: RSOConfig, evaluator: Evaluator | None = None, kernels_only: bool = False) -> RSO:
-    return RSO(evaluator or Cached(model), model.search_order(kernels_only), config)
+def rso_trainer(
+    model: Sequential, config: RSOConfig, evaluator: Evaluator | None = None, kernels_only: bool = False, mesh=None
+) -> RSO:
+    return RSO(evaluator or Cached(model), model.search_order(kernels_only), config, mesh=mesh)
 
 
 def start_rso(rso: RSO, model: Sequential, data: Dataset, seed: int = 72, init_seed: int = 420) -> Step:
@@ -87,10 +90,11 @@ def run_rso(
 ) -> Iterator[Step]:
     """Runs RSO from `start` (default: a fresh start from the seeds) to the end of
     `rso.config.cycles`, yielding after every chunk of `chunk_size` weights; the step that
-    ends a layer sweep carries its record."""
+    ends a layer sweep carries its record. With `rso.mesh`, data and state are replicated on it."""
+    data = replicate(data, rso.mesh)
     config, train = rso.config, (data.x_train, data.y_train)
     start = start or start_rso(rso, model, data, seed, init_seed)
-    run, updates, wall_time = start.run, start.weight_updates, start.wall_time_s
+    run, updates, wall_time = replicate(start.run, rso.mesh), start.weight_updates, start.wall_time_s
     while int(run.state.cycle) < config.cycles:
         layer = int(run.layer)
         path = rso.layers[layer]
@@ -150,9 +154,10 @@ def run_sgd(
     batch_size: int = 128,
     seed: int = 72,
     init_seed: int = 420,
+    mesh=None,
 ) -> Iterator[Step]:
     """Runs SGD from `start` (default: fresh parameters from `init_seed`) to `epochs` epochs,
-    yielding a step with a record per epoch."""
+    yielding a step with a record per epoch; data-parallel over `mesh` if given."""
     from rsojax.sgd import make_epoch
 
     start = start or start_sgd(model, optimizer, init_seed)
@@ -160,8 +165,9 @@ def run_sgd(
     n = data.x_train.shape[0]
     if not 0 < batch_size <= n:
         raise ValueError(f"batch_size: expected 1..{n} (the training set size), got {batch_size}")
-    epoch_fn = make_epoch(model, optimizer, batch_size)
-    run, wall_time = start.run, start.wall_time_s
+    epoch_fn = make_epoch(model, optimizer, batch_size, mesh)
+    data = replicate(data, mesh)
+    run, wall_time = replicate(start.run, mesh), start.wall_time_s
     n_params = sum(a.size for a in jax.tree.leaves(run.params))
     for epoch in range(int(run.epoch), epochs):
         tic = time.perf_counter()

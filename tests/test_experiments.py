@@ -27,7 +27,7 @@ def test_mnist_writes_metrics_summary_and_curves(mock_mnist, tmp_path, optimizer
     on_disk = json.loads(open(workdir / "summary.json").read())
     assert on_disk == json.loads(json.dumps(summary))
     for key in ("optimizer", "config", "test_accuracy", "best_test_accuracy", "weight_updates", "wall_time_s",
-                "params_sha256", "jax_version", "device"):
+                "params_sha256", "jax_version", "device", "n_devices", "n_processes"):
         assert key in on_disk
     assert on_disk["config"]["batch_size"] == 16 and on_disk["optimizer"] == optimizer
     assert on_disk["weight_updates"] == records[-1]["weight_updates"]
