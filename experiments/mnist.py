@@ -3,6 +3,10 @@
     python experiments/mnist.py --optimizer rso --cycles 1 --batch_size 512 \
         --train_subset 10000 --workdir runs/rso
 
+The paper's variants are flags: --perturbation {normal,uniform,ternary}, --input_first,
+--granularity {weight,layer,neuron}. experiments/cifar10.py runs this same `main` with the
+CIFAR-10 `Task`.
+
 Writes WORKDIR/metrics.jsonl (one record per RSO layer sweep or SGD epoch), summary.json,
 curves.png, config.json and checkpoints/ (orbax, at every layer boundary and every
 --checkpoint_every_s seconds). Rerunning the same command with the same --workdir resumes
@@ -17,18 +21,21 @@ and the mesh spans every host's devices; only process 0 writes files:
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 import optax
 
 import rsojax
 from rsojax.checkpoint import CheckpointError, Checkpointer
-from rsojax.data import load_mnist
+from rsojax.data import load_cifar10, load_mnist
+from rsojax.models import cifar10_resnet, mnist_convnet
 from rsojax import sharding
 from rsojax.plots import plot_curves
 from rsojax.train import SGDRun, Step, params_sha256, run_rso, run_sgd, start_rso, start_sgd
@@ -37,6 +44,23 @@ EVALUATORS = {
     "cached": rsojax.Cached,
     "generic": lambda model: rsojax.Generic(rsojax.sequential_loss(model), model.input_shape),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What differs between the experiments: the data, the network, the paper's defaults."""
+
+    name: str  # for titles and messages
+    load: Callable  # (data_dir, train_subset) -> rsojax.data.Dataset
+    model: Callable  # channels -> model
+    evaluators: tuple[str, ...]  # keys of EVALUATORS that apply to the model; the first is the default
+    cycles: int  # the paper's number of cycles
+    prog: str  # the script, for error messages
+
+
+MNIST = Task("MNIST", load_mnist, mnist_convnet, ("cached", "generic"), 50, "mnist.py")
+# A residual net is not a Sequential: it is searched with the Generic evaluator (rsojax.models.ResidualNet).
+CIFAR10 = Task("CIFAR-10", load_cifar10, cifar10_resnet, ("generic",), 500, "cifar10.py")
 log = logging.getLogger("rsojax.experiments")
 if not log.handlers:  # absl configures the root logger when TensorFlow loads: keep our own
     _handler = logging.StreamHandler(sys.stderr)
@@ -52,10 +76,10 @@ class UsageError(Exception):
     """A problem with the command line or its inputs: reported in one line, no traceback."""
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv=None, task: Task = MNIST):
+    p = argparse.ArgumentParser(prog=task.prog, description=f"Train the paper's {task.name} network with RSO or SGD.")
     p.add_argument("--optimizer", choices=["rso", "sgd"], default="rso")
-    p.add_argument("--cycles", type=int, default=50, help="RSO cycles; SGD epochs")
+    p.add_argument("--cycles", type=int, default=task.cycles, help="RSO cycles; SGD epochs")
     p.add_argument(
         "--batch_size", type=int, default=None, help="RSO batch per weight (default 5000, the paper); SGD minibatch (default 128)"
     )
@@ -64,7 +88,7 @@ def parse_args(argv=None):
     p.add_argument("--init_seed", type=int, default=420)
     p.add_argument("--workdir", required=True)
     p.add_argument("--data_dir", default=None, help="TFDS data directory (default: $TFDS_DATA_DIR)")
-    p.add_argument("--evaluator", choices=sorted(EVALUATORS), default="cached", help="RSO candidate evaluation path")
+    p.add_argument("--evaluator", choices=task.evaluators, default=task.evaluators[0], help="RSO candidate evaluation path")
     p.add_argument("--kernels_only", action="store_true", help="search kernels only (Algorithm 1 as printed), not BN")
     p.add_argument("--anneal_floor", type=float, default=0.1)
     p.add_argument("--weight_decay", type=float, default=1e-4)
@@ -78,10 +102,14 @@ def parse_args(argv=None):
     p.add_argument("--coordinator_address", help="with --distributed: host:port of process 0 (default: $JAX_COORDINATOR_ADDRESS)")
     p.add_argument("--num_processes", type=int, help="with --distributed (default: $JAX_NUM_PROCESSES)")
     p.add_argument("--process_id", type=int, help="with --distributed (default: $JAX_PROCESS_ID)")
+    p.add_argument("--perturbation", choices=["normal", "uniform", "ternary"], default="normal", help="distribution of dw")
+    p.add_argument("--input_first", action="store_true", help="inside a kernel, visit by input channel first")
+    p.add_argument("--granularity", choices=["weight", "layer", "neuron"], default="weight", help="RSO update scheme")
+    p.add_argument("--parallel_vmap", type=int, default=16, help="weights or threads per vmapped call (parallel schemes)")
     args = p.parse_args(argv)
     if args.batch_size is None:
         args.batch_size = 5000 if args.optimizer == "rso" else 128
-    for name in ("cycles", "batch_size", "chunk_size", "channels"):
+    for name in ("cycles", "batch_size", "chunk_size", "channels", "parallel_vmap"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name}: expected a positive integer, got {getattr(args, name)}")
     return args
@@ -128,8 +156,8 @@ def prepare_workdir(args) -> dict:
     return config
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(argv=None, task: Task = MNIST):
+    args = parse_args(argv, task)
     if args.distributed:  # unset values come from the environment or the cluster (Slurm, Open MPI)
         sharding.distributed_init(args.coordinator_address, args.num_processes, args.process_id)
     try:
@@ -145,15 +173,17 @@ def main(argv=None):
     checkpointer = Checkpointer(os.path.join(args.workdir, "checkpoints")) if writer else None
 
     try:
-        data = load_mnist(args.data_dir, args.train_subset)
+        data = task.load(args.data_dir, args.train_subset)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
-    model = rsojax.mnist_convnet(channels=args.channels)
+    model = task.model(channels=args.channels)
 
     if args.optimizer == "rso":
         try:
             rso_config = rsojax.RSOConfig(
-                batch_size=args.batch_size, cycles=args.cycles, anneal_floor=args.anneal_floor, weight_decay=args.weight_decay
+                batch_size=args.batch_size, cycles=args.cycles, anneal_floor=args.anneal_floor, weight_decay=args.weight_decay,
+                output_first=not args.input_first, perturbation=args.perturbation, granularity=args.granularity,
+                parallel_vmap=args.parallel_vmap,
             )
             rso = rsojax.rso_trainer(model, rso_config, EVALUATORS[args.evaluator](model), args.kernels_only, mesh)
             fresh = start_rso(rso, model, data, args.seed, args.init_seed)
@@ -219,7 +249,7 @@ def main(argv=None):
     }
     if not writer:
         return summary
-    plot_curves({args.optimizer.upper(): records}, os.path.join(args.workdir, "curves.png"), title=f"MNIST, {args.optimizer.upper()}")
+    plot_curves({args.optimizer.upper(): records}, os.path.join(args.workdir, "curves.png"), title=f"{task.name}, {args.optimizer.upper()}")
     write_json(summary_path, summary)
     save(checkpointer, step, records, finished=True)
     log.info("test accuracy %.4f (best %.4f), %s", summary["test_accuracy"], summary["best_test_accuracy"], args.workdir)
@@ -272,15 +302,15 @@ class Progress:
             self.bar = None
 
 
-def cli(argv=None) -> int:
+def cli(argv=None, task: Task = MNIST) -> int:
     """`main` for the command line: user errors become one line on stderr and exit code 2."""
     try:
-        main(argv)
+        main(argv, task)
     except UsageError as e:
-        print(f"mnist.py: error: {e}", file=sys.stderr)
+        print(f"{task.prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("mnist.py: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        print(f"{task.prog}: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
     return 0
 

@@ -5,7 +5,7 @@ from rsojax.evaluators import Cached, Evaluator, Generic, sequential_loss, stage
 from rsojax.incremental import Incremental
 from rsojax.layer_order import get_leaf, set_leaf, weight_order
 from rsojax.losses import summed_cross_entropy
-from rsojax.models import Sequential, mlp, mnist_convnet
+from rsojax.models import ResidualNet, Sequential, cifar10_resnet, mlp, mnist_convnet
 from rsojax.rso import RSO, RSOConfig, RSOState, SweepMetrics, choose
 from rsojax.schedule import anneal, layer_sigma
 from rsojax.train import RSORun, SGDRun, Step, init_params, params_sha256, rso_trainer, run_rso, run_sgd
@@ -19,6 +19,7 @@ __all__ = [
     "RSOConfig",
     "RSORun",
     "RSOState",
+    "ResidualNet",
     "SGDRun",
     "Step",
     "Sequential",
@@ -27,6 +28,7 @@ __all__ = [
     "anneal",
     "bn_statistics",
     "choose",
+    "cifar10_resnet",
     "get_leaf",
     "init_params",
     "layer_sigma",

@@ -50,11 +50,13 @@ def candidate_losses(loss_fn: Callable, params, path: str, j, values_3, batch) -
 
 
 def sequential_loss(model: Sequential, start: int = 0) -> Callable:
-    """`loss(params, (x, y))` of a Sequential model in search mode, from stage `start` on."""
+    """`loss(params, (x, y))` of a Sequential model in search mode, from stage `start` on; of
+    any model called as `model(x, train)` (such as `ResidualNet`) with `start=0`."""
+    stages = {"start": start} if start else {}
 
     def loss(params, batch):
         x, y = batch
-        return summed_cross_entropy(model.apply({"params": params}, x, train=True, start=start), y)
+        return summed_cross_entropy(model.apply({"params": params}, x, train=True, **stages), y)
 
     return loss
 

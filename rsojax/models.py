@@ -168,3 +168,77 @@ def mlp(
     widths = (*hidden, classes)
     stages = tuple(DenseBlock(w, relu_in=i > 0) for i, w in enumerate(widths))
     return Sequential(stages=stages, input_shape=input_shape)
+
+
+class ResidualNet(nn.Module):
+    """The reference code's 10-layer CIFAR-10 network: nine 3x3 convolutions and a dense layer.
+
+    Block i: [ReLU] -> 3x3 conv i (no bias) -> [+ the BN output of block i - 2, for i = 3, 5,
+    7, 9, through a 1x1 conv + BN where the channel count changes] -> [2x2 average pool after
+    conv 3 and conv 5] -> BN. Then global average pool and dense without bias.
+
+    Not a `Sequential`: a residual addition reads the output of the block two back, which a
+    chain of stages passing one array does not carry. Rather than widen every stage's interface
+    for one network, this is one module (its only forward pass), searched with the `Generic`
+    evaluator in the explicit order of `search_order`: correct and simple; `Cached` does not
+    apply (no stage inputs to cache).
+
+    Attributes:
+      channels: output channels of the convolutions, in order.
+      pools: 1-based numbers of the convolutions followed by a 2x2 average pool.
+      classes: outputs of the dense layer.
+      input_shape: the shape of one example.
+    """
+
+    channels: Sequence[int] = (16, 16, 16, 32, 32, 32, 32, 32, 32)
+    pools: Sequence[int] = (3, 5)
+    classes: int = 10
+    input_shape: tuple[int, ...] = (32, 32, 3)
+
+    def shortcuts(self) -> list[int]:
+        """The 1-based convolutions whose residual input needs a 1x1 conv + BN."""
+        return [i for i in self._residual_targets() if self.channels[i - 1] != self.channels[i - 3]]
+
+    def _residual_targets(self) -> range:
+        return range(3, len(self.channels) + 1, 2)
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC, train: bool = True):
+        h, outputs = x_BxHxWxC, []
+        for i, features in enumerate(self.channels, start=1):
+            y = nn.Conv(features, (3, 3), padding=1, use_bias=False, kernel_init=he_normal, name=f"conv_{i}")(
+                nn.relu(h) if i > 1 else h
+            )
+            if i in self._residual_targets():
+                skip = outputs[i - 3]
+                if i in self.shortcuts():
+                    skip = nn.Conv(features, (1, 1), use_bias=False, kernel_init=he_normal, name=f"shortcut_{i}")(skip)
+                    skip = BatchNorm(name=f"shortcut_bn_{i}")(skip, train)
+                y = y + skip
+            if i in self.pools:
+                y = nn.avg_pool(y, (2, 2), strides=(2, 2))
+            h = BatchNorm(name=f"bn_{i}")(y, train)
+            outputs.append(h)
+        return nn.Dense(self.classes, use_bias=False, kernel_init=he_normal, name="dense")(h.mean(axis=(1, 2)))
+
+    def search_order(self, kernels_only: bool = False) -> list[str]:
+        """Dense first, then block 9 down to block 1; inside a block the conv kernel, BN beta,
+        BN gamma (as `ConvBlock.searched`), then the block's shortcut conv and BN, if any (it
+        feeds the same addition, from an earlier layer)."""
+        order = ["dense/kernel"]
+        for i in reversed(range(1, len(self.channels) + 1)):
+            units = [(f"conv_{i}", f"bn_{i}")] + ([(f"shortcut_{i}", f"shortcut_bn_{i}")] if i in self.shortcuts() else [])
+            for conv, bn in units:
+                order += [f"{conv}/kernel"] + ([] if kernels_only else [f"{bn}/bias", f"{bn}/scale"])
+        return order
+
+
+def cifar10_resnet(channels: int = 16, classes: int = 10) -> ResidualNet:
+    """The paper's 10-layer CIFAR-10 network: about 57,100 searched parameters at 16 channels.
+
+    Convolutions of `channels` x (1, 1, 1, 2, 2, 2, 2, 2, 2), average pools after conv 3 and
+    conv 5 (32 -> 16 -> 8), residual additions conv 1 -> 3 -> 5 -> 7 -> 9 (a 1x1 conv + BN into
+    conv 5, where the channels double), global average pool, dense to `classes`.
+    """
+    widths = tuple(channels * m for m in (1, 1, 1, 2, 2, 2, 2, 2, 2))
+    return ResidualNet(channels=widths, classes=classes)

@@ -6,19 +6,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_curves(runs: dict[str, list[dict]], path: str, title: str = "") -> None:
-    """Writes a PNG with one line per run in each of the three panels.
+PANELS = (
+    ("progress", "cycles (RSO) / epochs (SGD)", "linear"),
+    ("weight_updates", "weight updates", "log"),
+    ("wall_time_s", "wall time (s)", "linear"),
+)
+
+
+def plot_curves(runs: dict[str, list[dict]], path: str, title: str = "", panels=PANELS) -> None:
+    """Writes a PNG with one line per run in each panel.
 
     Args:
-      runs: label -> records with `progress`, `weight_updates`, `wall_time_s`, `test_accuracy`.
+      runs: label -> records with `test_accuracy` and the keys of `panels`.
       path: the PNG file to write.
+      panels: (record key for the x axis, axis label, "linear" or "log") per panel.
     """
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    panels = [
-        ("progress", "cycles (RSO) / epochs (SGD)", "linear"),
-        ("weight_updates", "weight updates", "log"),
-        ("wall_time_s", "wall time (s)", "linear"),
-    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    axes = axes[0]
     for ax, (key, label, scale) in zip(axes, panels):
         for name, records in runs.items():
             ax.plot([r[key] for r in records], [100 * r["test_accuracy"] for r in records], marker=".", label=name)

@@ -1,10 +1,14 @@
 """RSO, Random Search Optimization (Tripathi & Singh, arXiv 2005.05955, Algorithm 1).
 
 For each cycle c, for each layer d in the stated order, for each weight w_j of the layer in
-visit order: draw a fresh minibatch and dw ~ N(0, sigma_d,c); with w' = w * (1 - weight_decay),
+visit order: draw a fresh minibatch and dw ~ N(0, sigma_d,c) (or another distribution of
+`rsojax.perturbation`); with w' = w * (1 - weight_decay),
 set w_j to whichever of w', w' + dw, w' - dw has the lowest loss on the batch. Ties go to the
 earlier candidate (so to w'); a non-finite loss is never chosen; if all three are non-finite
 the weight keeps its value and the event is counted.
+
+The paper's parallel schemes (a whole layer, or one thread per output neuron, searched against
+the layer's starting point) are `RSOConfig.granularity` options, in `rsojax.parallel`.
 
 The engine owns sampling, ordering and acceptance; an evaluator (`rsojax.evaluators`) owns
 how the three losses are computed. A layer is swept by one jitted function, a `fori_loop`
@@ -20,8 +24,10 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from rsojax.evaluators import Evaluator
-from rsojax.layer_order import check_layers, get_leaf, set_leaf, weight_order
+from rsojax.evaluators import Evaluator, with_weight
+from rsojax.layer_order import check_layers, get_leaf, weight_order
+from rsojax.parallel import GRANULARITIES, parallel_sweep
+from rsojax.perturbation import PERTURBATIONS, draw_dw
 from rsojax.sampling import SamplerState, init_sampler, next_batch
 from rsojax.sharding import check_batch, replicate, shard_batch
 from rsojax.schedule import anneal, layer_sigma
@@ -39,6 +45,13 @@ class RSOConfig:
       sigma_scale: factor on every layer's sigma_d.
       vector_sigma: sigma_d of vector parameters (BN gamma and beta), before `sigma_scale`.
       output_first: inside a kernel, visit by output channel first (else input channel).
+      perturbation: the distribution of dw, a key of `rsojax.perturbation.PERTURBATIONS`:
+        "normal" N(0, sigma_d), "uniform" U(-2 sigma_d, 2 sigma_d), "ternary" {-sigma_d, 0, sigma_d}.
+      granularity: "weight", one weight at a time (Algorithm 1); "layer", every weight of a
+        layer searched in parallel against the parameters at the start of the layer; "neuron",
+        one sequential thread per output neuron, the threads in parallel (`rsojax.parallel`).
+      parallel_vmap: weights ("layer") or threads ("neuron") evaluated in one vmapped call;
+        bounds memory, does not change the search.
     """
 
     batch_size: int = 5000
@@ -48,9 +61,12 @@ class RSOConfig:
     sigma_scale: float = 1.0
     vector_sigma: float = 0.167
     output_first: bool = True
+    perturbation: str = "normal"
+    granularity: str = "weight"
+    parallel_vmap: int = 16
 
     def __post_init__(self):
-        for name in ("batch_size", "cycles"):
+        for name in ("batch_size", "cycles", "parallel_vmap"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
@@ -61,6 +77,12 @@ class RSOConfig:
         for name in ("sigma_scale", "vector_sigma"):
             if not getattr(self, name) > 0.0:
                 raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
+        if self.perturbation not in PERTURBATIONS:
+            raise ValueError(f"perturbation: expected one of {sorted(PERTURBATIONS)}, got {self.perturbation!r}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity: expected one of {list(GRANULARITIES)}, got {self.granularity!r}")
+        if self.granularity == "neuron" and not self.output_first:
+            raise ValueError("output_first: the 'neuron' granularity visits a neuron's weights in one order; keep True")
 
 
 @flax.struct.dataclass
@@ -168,6 +190,11 @@ class RSO:
     def n_weights(self, state: RSOState, path: str) -> int:
         return get_leaf(state.params, path).size
 
+    def chunk(self, chunk_size: int | None, n: int) -> int:
+        """Weights per compiled sweep call for a layer of `n`: `chunk_size` (default all); a
+        parallel granularity searches against the layer's starting point, so always all."""
+        return chunk_size if chunk_size and self.config.granularity == "weight" else n
+
     def prepare(self, state: RSOState, data, path: str):
         """The evaluator's per-layer context (for example, cached layer inputs)."""
         n = check_data(data, self.evaluator.example_shape)
@@ -187,6 +214,8 @@ class RSO:
         stop = n if stop is None else stop
         if not 0 <= start <= stop <= n:
             raise ValueError(f"start, stop: expected 0 <= start <= stop <= {n}, got {start}, {stop}")
+        if self.config.granularity != "weight" and (start, stop) != (0, n):
+            raise ValueError(f"start, stop: granularity {self.config.granularity!r} sweeps a whole layer (0, {n}) at once")
         return self._sweep(state, ctx, jnp.int32(start), jnp.int32(stop), path=path)
 
     def layer(
@@ -203,7 +232,7 @@ class RSO:
         """
         ctx = self.prepare(state, data, path)
         n = self.n_weights(state, path)
-        chunk_size = chunk_size or n
+        chunk_size = self.chunk(chunk_size, n)
         metrics = None
         for start in range(0, n, chunk_size):
             state, m = self.sweep(state, ctx, path, start, min(start + chunk_size, n))
@@ -235,31 +264,53 @@ class RSO:
         sigma = state.sigmas[path] * anneal(state.cycle, cfg.cycles, cfg.anneal_floor).astype(leaf.dtype)
         layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), self.layers.index(path))
 
+        def dw(i):  # keyed by the visit position: every granularity draws the same dw for a weight
+            return draw_dw(cfg.perturbation, jax.random.fold_in(layer_key, i), sigma, leaf.dtype)
+
+        def search(params, j, dw_j, idx_B):
+            idx_B = shard_batch(idx_B, self.mesh)  # with a mesh: the batch is split over its devices
+            return search_weight(self.evaluator, ctx, params, path, j, dw_j, idx_B, cfg.weight_decay)
+
+        if cfg.granularity != "weight":
+            params, sampler, metrics = parallel_sweep(
+                search, state.params, path, order, dw, state.sampler, cfg.batch_size, cfg.granularity,
+                cfg.parallel_vmap, SweepMetrics.zeros(leaf.dtype),
+            )
+            return state.replace(params=params, sampler=sampler), metrics
+
         def visit(i, carry):
             params, ctx, sampler, metrics = carry
             idx, sampler = next_batch(sampler, cfg.batch_size)
-            idx = shard_batch(idx, self.mesh)
             j = order[i]
-            flat = get_leaf(params, path).ravel()
-            w = flat[j]
-            dw = sigma * jax.random.normal(jax.random.fold_in(layer_key, i), (), leaf.dtype)
-            decayed = w * (1 - cfg.weight_decay)
-            values = jnp.stack([decayed, decayed + dw, decayed - dw])
-            losses = self.evaluator.losses(ctx, params, path, j, values, idx)
-            choice = choose(losses)
-            kept = choice >= 0
-            new = jnp.where(kept, values[jnp.maximum(choice, 0)], w)
-            params = set_leaf(params, path, flat.at[j].set(new).reshape(leaf.shape))
+            w = get_leaf(params, path).ravel()[j]
+            new, m = search(params, j, dw(i), idx)
+            params = with_weight(params, path, j, new)
             ctx = self.evaluator.update(ctx, params, path, j, w, new)
-            metrics = metrics + SweepMetrics(
-                weights=jnp.int32(1),
-                accepted=(choice > 0).astype(jnp.int32),
-                nonfinite=(~kept).astype(jnp.int32),
-                loss_before=jnp.where(kept, losses[0], 0).astype(leaf.dtype),
-                loss_after=jnp.where(kept, losses[jnp.maximum(choice, 0)], 0).astype(leaf.dtype),
-            )
-            return params, ctx, sampler, metrics
+            return params, ctx, sampler, metrics + m
 
         carry = (state.params, ctx, state.sampler, SweepMetrics.zeros(leaf.dtype))
         params, _, sampler, metrics = jax.lax.fori_loop(start, stop, visit, carry)
         return state.replace(params=params, sampler=sampler), metrics
+
+
+def search_weight(evaluator: Evaluator, ctx, params, path: str, j, dw, idx_B, weight_decay: float):
+    """Algorithm 1 for weight `j` of layer `path`: the value to keep and the step's metrics.
+
+    With w' = w * (1 - weight_decay), the lowest finite loss of w', w' + dw, w' - dw on the
+    examples `idx_B` wins (ties to the earlier); if none is finite, w is kept.
+    """
+    w = get_leaf(params, path).ravel()[j]
+    decayed = w * (1 - weight_decay)
+    values = jnp.stack([decayed, decayed + dw, decayed - dw])
+    losses = evaluator.losses(ctx, params, path, j, values, idx_B)
+    choice = choose(losses)
+    kept = choice >= 0
+    new = jnp.where(kept, values[jnp.maximum(choice, 0)], w)
+    metrics = SweepMetrics(
+        weights=jnp.int32(1),
+        accepted=(choice > 0).astype(jnp.int32),
+        nonfinite=(~kept).astype(jnp.int32),
+        loss_before=jnp.where(kept, losses[0], 0).astype(w.dtype),
+        loss_after=jnp.where(kept, losses[jnp.maximum(choice, 0)], 0).astype(w.dtype),
+    )
+    return new, metrics

@@ -103,7 +103,7 @@ def run_rso(
         ctx = rso.prepare(run.state, train, path)
         state, metrics, pos = run.state, run.partial, int(run.weight)
         while pos < n:
-            stop = min(pos + chunk_size, n)
+            stop = min(pos + rso.chunk(chunk_size, n), n)
             state, m = rso.sweep(state, ctx, path, pos, stop)
             jax.block_until_ready(state.params)
             metrics, pos, updates = metrics + m, stop, updates + stop - pos

@@ -5,6 +5,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import contextlib  # noqa: E402
 import os  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
@@ -40,22 +41,34 @@ def small_mlp():
     return model, init_params(model, x), (x, y)
 
 
-@pytest.fixture
-def mock_mnist(tmp_path):
-    """TFDS MNIST replaced by `tfds.testing.mock_data` (random images, the real metadata).
+@contextlib.contextmanager
+def mock_tfds(data_dir, name, n=96):
+    """TFDS `name` replaced by `tfds.testing.mock_data` (random images, the real metadata).
 
-    With `batch_size=-1` the mock reads the split sizes from the data directory, so the
-    fixture writes MNIST's dataset_info.json and features.json (from TFDS's own builder)
-    there. Yields the data directory.
+    With `batch_size=-1` the mock reads the split sizes from the data directory, so this
+    writes the dataset's dataset_info.json and features.json (from TFDS's own builder) there.
     """
     import tensorflow_datasets as tfds
 
-    n = 96
-    builder = tfds.builder("mnist", data_dir=str(tmp_path))
+    builder = tfds.builder(name, data_dir=data_dir)
     builder.info.set_splits(
         tfds.core.SplitDict([tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0) for s in ("train", "test")])
     )
     os.makedirs(builder.data_dir, exist_ok=True)
     builder.info.write_to_directory(builder.data_dir)
-    with tfds.testing.mock_data(num_examples=n, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path)):
+    with tfds.testing.mock_data(num_examples=n, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=data_dir):
+        yield
+
+
+@pytest.fixture
+def mock_mnist(tmp_path):
+    """Mock MNIST (`mock_tfds`), 96 images per split; yields the data directory."""
+    with mock_tfds(str(tmp_path), "mnist"):
+        yield str(tmp_path)
+
+
+@pytest.fixture
+def mock_cifar10(tmp_path):
+    """Mock CIFAR-10 (`mock_tfds`), 96 images per split; yields the data directory."""
+    with mock_tfds(str(tmp_path), "cifar10"):
         yield str(tmp_path)

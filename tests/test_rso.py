@@ -20,18 +20,26 @@ def unit_normal(layer_key, i):
     return jax.random.normal(jax.random.fold_in(layer_key, i), (), jnp.float64)
 
 
-def literal_positions(shape):
+def literal_positions(shape, output_first=True):
     """Visit order written out as the reference code's nested loops."""
     if len(shape) == 4:  # conv HWIO: output channel, input channel, row, column
         h, w, cin, cout = shape
+        if not output_first:
+            return [(a, b, i, o) for i in range(cin) for o in range(cout) for a in range(h) for b in range(w)]
         return [(a, b, i, o) for o in range(cout) for i in range(cin) for a in range(h) for b in range(w)]
     if len(shape) == 2:  # dense (in, out): per output neuron, then inputs
+        if not output_first:
+            return [(i, o) for i in range(shape[0]) for o in range(shape[1])]
         return [(i, o) for o in range(shape[1]) for i in range(shape[0])]
     return [(c,) for c in range(shape[0])]
 
 
-def reference_sweep(loss_fn, rso, state, data, path):
+def reference_sweep(loss_fn, rso, state, data, path, unit=unit_normal, threads=None):
     """Algorithm 1 for one layer with Python loops and float64 numpy; same draws as the engine.
+
+    `unit(layer_key, i)` is the unit draw of dw at visit position i. `threads`: lists of visit
+    positions, each run from the layer's starting point, then merged (the parallel schemes);
+    default: one thread of every position in order.
 
     Returns the final leaf and the chosen candidate per weight (0: w', 1: w'+dw, 2: w'-dw,
     -1: unchanged because no loss was finite).
@@ -43,23 +51,31 @@ def reference_sweep(loss_fn, rso, state, data, path):
     sigma = float(state.sigmas[path]) * float(anneal(state.cycle, cfg.cycles, cfg.anneal_floor))
     layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), rso.layers.index(path))
     loss_fn = jax.jit(loss_fn)
-    sampler, choices = state.sampler, []
-    for i, pos in enumerate(literal_positions(leaf.shape)):
+    positions = literal_positions(leaf.shape, cfg.output_first)
+    sampler, batches = state.sampler, []
+    for _ in positions:
         idx, sampler = next_batch(sampler, cfg.batch_size)
-        dw = sigma * float(unit_normal(layer_key, i))
-        w = leaf[pos] * (1 - cfg.weight_decay)
-        candidates = [w, w + dw, w - dw]
-        losses = []
-        for value in candidates:
-            trial = leaf.copy()
-            trial[pos] = value
-            losses.append(float(loss_fn(rsojax.set_leaf(params, path, jnp.asarray(trial)), (x[idx], y[idx]))))
-        finite = [k for k in range(3) if math.isfinite(losses[k])]
-        best = min(finite, key=lambda k: (losses[k], k)) if finite else -1
-        if best >= 0:
-            leaf[pos] = candidates[best]
-        choices.append(best)
-    return leaf, choices
+        batches.append(idx)
+    merged, choices = leaf.copy(), {}
+    for thread in threads or [range(len(positions))]:
+        current = leaf.copy()
+        for i in thread:
+            pos, idx = positions[i], batches[i]
+            dw = sigma * float(unit(layer_key, i))
+            w = current[pos] * (1 - cfg.weight_decay)
+            candidates = [w, w + dw, w - dw]
+            losses = []
+            for value in candidates:
+                trial = current.copy()
+                trial[pos] = value
+                losses.append(float(loss_fn(rsojax.set_leaf(params, path, jnp.asarray(trial)), (x[idx], y[idx]))))
+            finite = [k for k in range(3) if math.isfinite(losses[k])]
+            best = min(finite, key=lambda k: (losses[k], k)) if finite else -1
+            if best >= 0:
+                current[pos] = candidates[best]
+            choices[i] = best
+            merged[pos] = current[pos]
+    return merged, [choices[i] for i in range(len(positions))]
 
 
 def engine_choices(rso, state, data, path):
