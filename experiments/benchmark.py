@@ -57,47 +57,54 @@ def stage_flops(model) -> list[float]:
     return flops
 
 
-def flops_generic(f, d, leaf, n_weights, batch, n_train) -> float:
+def flops_generic(f, d, leaf, n_weights, batch, n_train, n_chunks, model) -> float:
     """Per weight: the stages before d once (they do not depend on the weight), d on 3 times."""
-    del leaf, n_train
+    del leaf, n_train, n_chunks, model
     return n_weights * batch * (sum(f[:d]) + 3 * sum(f[d:]))
 
 
-def flops_cached(f, d, leaf, n_weights, batch, n_train) -> float:
-    """prepare: stages before d over the training set; per weight: stages d on, 3 times."""
-    del leaf
-    return n_train * sum(f[:d]) + n_weights * batch * 3 * sum(f[d:])
+def flops_cached(f, d, leaf, n_weights, batch, n_train, n_chunks, model) -> float:
+    """Per weight: stages d on, 3 times. (The stage inputs, once per cycle: `flops_inputs`.)"""
+    del leaf, n_train, n_chunks, model
+    return n_weights * batch * 3 * sum(f[d:])
 
 
-def flops_incremental(f, d, leaf, n_weights, batch, n_train, model) -> float:
-    """prepare: stages before d and conv d over the training set; for a kernel, folding each
-    output channel into the cache once (conv d over the training set in all) and per weight one
-    output channel of conv d on the batch. Per weight: if stage d+1 is a ConvBlock, its conv on
+def flops_incremental(f, d, leaf, n_weights, batch, n_train, n_chunks, model) -> float:
+    """prepare, once per chunk: conv d over the training set. For a kernel, folding each (input,
+    output) channel pair into that cache once (conv d over the training set in all) and, per
+    weight, one pair's 9 taps on the batch. Per weight: if stage d+1 is a ConvBlock, its conv on
     the batch once (the base) and one input channel of it 3 times, then stages d+2 on 3 times;
     otherwise stages d+1 on 3 times. Other stages: as `flops_cached`."""
     stages = model.stages
     if not isinstance(stages[d], ConvBlock):
-        return flops_cached(f, d, leaf, n_weights, batch, n_train)
+        return flops_cached(f, d, leaf, n_weights, batch, n_train, n_chunks, model)
     kernel = leaf == "Conv_0/kernel"
-    total = n_train * (sum(f[: d + 1]) + (f[d] if kernel else 0.0))
-    per_image = f[d] / stages[d].features if kernel else 0.0
+    total = n_train * f[d] * (n_chunks + kernel)
+    c_in, c_out = stages[d - 1].features if d else model.input_shape[-1], stages[d].features
+    per_image = f[d] / (c_in * c_out) if kernel else 0.0
     if d + 1 < len(stages) and isinstance(stages[d + 1], ConvBlock):
-        per_image += f[d + 1] + 3 * f[d + 1] / stages[d].features + 3 * sum(f[d + 2 :])
+        per_image += f[d + 1] + 3 * f[d + 1] / c_out + 3 * sum(f[d + 2 :])
     else:
         per_image += 3 * sum(f[d + 1 :])
     return total + n_weights * batch * per_image
 
 
+def flops_inputs(f, mode, n_train) -> float:
+    """Once per cycle, the cached evaluators compute every stage's input over the training set."""
+    return 0.0 if mode == "generic" else n_train * sum(f[:-1])
+
+
 def window(mode: str, shape, k: int) -> int:
-    """Weights to time. `incremental` folds its cache once per output channel, so its window is
-    rounded up to whole output channels (of kernels) to count that work in proportion."""
+    """Weights to time. `incremental` folds its cache once per 9 taps of a kernel (one input and
+    output channel pair), so its window is rounded up to whole pairs to count that work in
+    proportion."""
     n = math.prod(shape)
-    if k == 0 or k >= n - 1:
-        return n - 1
-    if mode == "incremental" and len(shape) >= 2:
-        group = n // shape[-1]
+    if k == 0 or k >= n - 2:
+        return n - 2
+    if mode == "incremental" and len(shape) == 4:
+        group = shape[0] * shape[1]
         k = group * math.ceil(k / group)
-    return min(k, n - 1)
+    return min(k, n - 2)
 
 
 def timed(fn, *args, **kwargs):
@@ -119,28 +126,36 @@ def run(args) -> dict:
     state = rso.init(params, jax.random.key(args.seed), (x, y))
     f = stage_flops(model)
     load_before = os.getloadavg()
-    per_layer, compile_seconds, flops = [], 0.0, 0.0
+    data = (x, y)
+    # Once per cycle (`run_rso` passes each context on as `previous`): the stage inputs.
+    first_path = rso.layers[0]
+    timed(rso.prepare, state, data, first_path)
+    ctx, inputs_s = timed(rso.prepare, state, data, first_path)
+    inputs_s -= timed(rso.prepare, state, data, first_path, previous=ctx)[1]
+    flops = flops_inputs(f, args.mode, args.train_size)
+    per_layer, compile_seconds = [], 0.0
     for path in rso.layers:
         d, leaf = rsojax.models.stage_of(path), path.split("/", 1)[1]
         shape = rsojax.get_leaf(state.params, path).shape
         n = math.prod(shape)
-        ctx, first = timed(rso.prepare, state, (x, y), path)
-        del ctx
-        ctx, prepare_s = timed(rso.prepare, state, (x, y), path)
-        # Weight 0 alone compiles the sweep; then `k` weights are timed.
+        n_chunks = math.ceil(n / args.chunk_size)
+        # Every chunk is prepared from the state it starts from (what `run_rso` does); timed the
+        # second time, with the previous layer's context (as the kernel changes between chunks,
+        # later chunks of a layer cannot reuse their predecessor's caches either).
+        previous = ctx
+        ctx, first = timed(rso.prepare, state, data, path, previous=previous)
+        ctx, prepare_s = timed(rso.prepare, state, data, path, previous=previous)
+        # Weights 0 and 1 alone compile the sweep (twice: the state it returns is placed
+        # differently from the one it was given); then `k` weights are timed.
         (state, _), warm_s = timed(rso.sweep, state, ctx, path, 0, 1)
+        (state, _), warm2_s = timed(rso.sweep, state, ctx, path, 1, 2)
         k = window(args.mode, shape, args.weights_per_layer)
-        (state, _), sweep_s = timed(rso.sweep, state, ctx, path, 1, 1 + k)
-        del ctx
+        (state, _), sweep_s = timed(rso.sweep, state, ctx, path, 2, 2 + k)
         per_weight = sweep_s / k
-        compile_seconds += max(first - prepare_s, 0.0) + max(warm_s - per_weight, 0.0)
-        layer_seconds = prepare_s + n * per_weight
-        if args.mode == "incremental":
-            layer_flops = flops_incremental(f, d, leaf, n, args.batch_size, args.train_size, model)
-        else:
-            layer_flops = (flops_cached if args.mode == "cached" else flops_generic)(
-                f, d, leaf, n, args.batch_size, args.train_size
-            )
+        compile_seconds += max(first - prepare_s, 0.0) + max(warm_s + warm2_s - 2 * per_weight, 0.0)
+        layer_seconds = n_chunks * prepare_s + n * per_weight
+        flops_fn = {"incremental": flops_incremental, "cached": flops_cached, "generic": flops_generic}[args.mode]
+        layer_flops = flops_fn(f, d, leaf, n, args.batch_size, args.train_size, n_chunks, model)
         flops += layer_flops
         per_layer.append(
             {
@@ -158,15 +173,17 @@ def run(args) -> dict:
             f" {layer_flops / layer_seconds / 1e9:8.1f}",
             flush=True,
         )
-    cycle_seconds = sum(r["layer_seconds"] for r in per_layer)
+    cycle_seconds = inputs_s + sum(r["layer_seconds"] for r in per_layer)
     return {
         "mode": args.mode,
         "batch_size": args.batch_size,
         "train_size": args.train_size,
         "weights_per_layer": args.weights_per_layer,
         "seed": args.seed,
+        "chunk_size": args.chunk_size,
         **sharding.describe(mesh),
         "weights_per_s": sum(r["n_weights"] for r in per_layer) / cycle_seconds,
+        "stage_inputs_seconds": inputs_s,
         "per_layer": per_layer,
         "cycle_seconds": cycle_seconds,
         "flops_per_cycle": flops,
@@ -187,6 +204,7 @@ def main():
     parser.add_argument("--mode", choices=MODES, default="incremental", help="the evaluation path")
     parser.add_argument("--out", default=None, metavar="FILE.json")
     parser.add_argument("--train_size", type=int, default=60000)
+    parser.add_argument("--chunk_size", type=int, default=576, help="weights per compiled sweep call (as experiments/mnist.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--devices", type=int, default=1, help="devices each minibatch is split over (0 = all)")
     args = parser.parse_args()

@@ -52,6 +52,10 @@ class Checkpointer:
         self._manager.save(step, args=args, force=True)
         self._manager.wait_until_finished()
 
+    def close(self) -> None:
+        """Waits for the manager's background work (cleanup of old checkpoints) and stops it."""
+        self._manager.close()
+
     def restore(self, template):
         """The newest readable checkpoint as `(step, state, meta)`, or None if there is none.
 

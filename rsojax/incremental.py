@@ -1,41 +1,39 @@
 """Exact incremental candidate losses for RSO on conv nets (Tripathi & Singh, arXiv 2005.05955).
 
-`Incremental` gives the same losses as `rsojax.Cached` (same decisions, up to rounding) for
-the stages of a `Sequential` model that are `ConvBlock`s, with less arithmetic per weight:
+`Incremental` computes the losses of `rsojax.Cached` (the same decisions, up to rounding) for
+the layers of the `ConvBlock` stages of a `Sequential` model with far less arithmetic. For a
+layer of stage d, with x the stage's input after its ReLU and P = pool(conv(x, K_d)):
 
-- Searching weight (kh, kw, ci, co) of the kernel K_d of stage d, with input x (after the
-  stage's ReLU), conv output P = pool(conv(x, K_d)). Setting the weight to v changes only
-  channel co of P, by a rank-one term (conv and average pool are linear):
+- P over the whole training set is cached (channel-major). Weight (kh, kw, ci, co) of K_d
+  enters channel co of P only, and linearly (conv and average pool are linear), so setting it
+  to v changes P_co by a rank-one term:
       P_co(v) = P_co + (v - w) * pool(S_{kh,kw}(x_ci)),
-  S the shift of input channel ci that the 3x3 tap (kh, kw) reads (padding 1). P over the
-  whole training set is cached in `prepare`.
-- BN_d uses the statistics of the batch, per channel: only channel co of Y = BN_d(P) changes;
-  its mean and variance are recomputed exactly on the batch for each candidate. Searching
-  BN_d's gamma or beta of channel co changes the same single channel.
-- Stage d+1 (if a ConvBlock) sees a change in one input channel. Its conv output per candidate
-  is the base (current parameters, shared by the three candidates: w', w' + dw and w' - dw are
-  all changes of the current weight w) plus a one-input-channel conv of the difference:
+  S the shift of input channel ci that the 3x3 tap (kh, kw) reads (padding 1).
+- BN_d uses the statistics of the batch, per channel: only channel co of Y = BN_d(P) changes,
+  its mean and variance recomputed on the batch for each candidate. Searching BN_d's gamma
+  or beta of channel co changes the same single channel.
+- If stage d+1 is a ConvBlock, its conv output per candidate is the one for the current
+  parameters (computed once for the three) plus a conv of the change in the single input
+  channel co:
       conv(relu(Y(v)), K_{d+1}) = conv(relu(Y), K_{d+1}) + conv(relu(Y_co(v)) - relu(Y_co), K_{d+1}[:, :, co]).
-- From BN_{d+1} on everything changes, and the batch statistics make it depend on the batch:
-  the rest of the model runs in full per candidate (`Sequential` with `start=d+2`). If stage
-  d+1 is not a ConvBlock (the head), the model runs from stage d+1 per candidate.
+  From BN_{d+1} on every channel changes, with statistics of the batch: the model runs in
+  full per candidate from there (`Sequential` with `start=d+2`). If stage d+1 is the head,
+  the model runs from stage d+1.
 
-Each candidate's loss is computed from its own activations (no difference of losses), so in
-float32 only rounding of the activations differs from `Cached`.
+Each candidate's loss is computed from its own activations, never as a difference of losses.
 
-Keeping the cache consistent: `ctx.kernel` is the kernel the cached P was computed with. The
-current kernel may differ from it in any output channels; `losses` corrects the batch's P for
-them (one-output-channel conv when one channel differs, the usual case as RSO visits a kernel
-output channel by output channel; a full conv otherwise), and `update` folds a differing
-channel into the whole-set cache when the search has moved to another channel (once per output
-channel). The engine does not carry `ctx` from one `RSO.sweep` call to the next, so each call
-starts from the prepared cache and catches up once (a full conv over the training set): sweep
-a layer in few chunks.
+Keeping P exact while the kernel changes: the weights of one (input channel, output channel)
+pair, its 9 taps, are visited one after another (in either visit order). `ctx.taps` holds the
+pair's taps as P last saw them; the batch's P_co is corrected for the pair's changes since
+(a 9-tap one-channel conv of the batch), and when the search moves to another pair, the old
+pair's changes are folded into P over the whole training set (`refresh`). Every pair is
+folded once per layer sweep.
 
 Stages that are not ConvBlocks (the dense head, MLP stages) are evaluated as `Cached` does.
 """
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import flax.struct
@@ -43,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from rsojax.evaluators import Cached, stage_inputs
+from rsojax.evaluators import Cached, StageInputs, batch_major, channel_major, map_chunks, stage_inputs
 from rsojax.losses import summed_cross_entropy
 from rsojax.models import BatchNorm, ConvBlock, Sequential, stage_of
 
@@ -54,9 +52,29 @@ def conv3x3(x_BxHxWxI: jax.Array, kernel_3x3xIxO: jax.Array) -> jax.Array:
     return conv.apply({"params": {"kernel": kernel_3x3xIxO}}, x_BxHxWxI)
 
 
-def stage_pool(stage: ConvBlock, x_BxHxWxC: jax.Array) -> jax.Array:
-    """The stage's 2x2 average pool, if it has one."""
-    return nn.avg_pool(x_BxHxWxC, (2, 2), strides=(2, 2)) if stage.pool else x_BxHxWxC
+def conv3x3_single(x_BxHxW: jax.Array, taps_3x3xO: jax.Array) -> jax.Array:
+    """`conv3x3` of one input channel, as 9 shifted multiply-adds (XLA's CPU convolution is
+    slow with a single input channel): (B, H, W) -> (B, H, W, O)."""
+    h, w = x_BxHxW.shape[1:]
+    x_pad = jnp.pad(x_BxHxW, ((0, 0), (1, 1), (1, 1)))[..., None]
+    out = 0.0
+    for kh in range(3):
+        for kw in range(3):
+            out = out + x_pad[:, kh : kh + h, kw : kw + w] * taps_3x3xO[kh, kw]
+    return out
+
+
+def stage_pool(stage: ConvBlock, x_BxHxWx: jax.Array) -> jax.Array:
+    """The stage's 2x2 average pool, if it has one, over axes 1 and 2.
+
+    The same average as the model's `nn.avg_pool`, written as strided slices: XLA's CPU
+    backend (jax 0.10) fuses a reduce-window with the elementwise convolutions here into a
+    kernel about 30x slower than either alone.
+    """
+    if not stage.pool:
+        return x_BxHxWx
+    x = x_BxHxWx
+    return (x[:, 0::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) * 0.25
 
 
 def batch_norm(bn_params: dict, x_BxHxWxC: jax.Array) -> jax.Array:
@@ -64,30 +82,16 @@ def batch_norm(bn_params: dict, x_BxHxWxC: jax.Array) -> jax.Array:
     return BatchNorm().apply({"params": bn_params}, x_BxHxWxC, train=True)
 
 
-def map_chunks(fn, x: jax.Array, chunk_size: int) -> jax.Array:
-    """`fn` over `x` in chunks of `chunk_size` examples (bounded memory), concatenated."""
-    n = x.shape[0]
-    n_full = n // chunk_size
-    if n_full == 0:
-        return fn(x)
-    out = lax.map(fn, x[: n_full * chunk_size].reshape(n_full, chunk_size, *x.shape[1:]))
-    out = out.reshape(n_full * chunk_size, *out.shape[2:])
-    if n_full * chunk_size < n:
-        out = jnp.concatenate([out, fn(x[n_full * chunk_size :])])
-    return out
-
-
 @flax.struct.dataclass
 class ConvContext:
-    """What `Incremental` keeps for a layer of a ConvBlock stage d.
+    """What `Incremental` keeps while a layer of a ConvBlock stage d is searched."""
 
-    `x_in` and `kernel` are None when a BN parameter is searched (the conv does not change).
-    """
-
-    p_OxNxHxW: jax.Array  # pool(conv(x_in, kernel)) over the training set, channel-major
-    y_N: jax.Array  # labels
-    x_in: jax.Array | None = None  # (N, H, W, I) the conv's input: stage input after the ReLU
-    kernel: jax.Array | None = None  # (3, 3, I, O) the kernel `p_OxNxHxW` was computed with
+    inputs: StageInputs  # the stage inputs; inputs.h_S[d] is stage d's input
+    kernel: jax.Array  # K_d as prepared
+    p_OxNxHxW: jax.Array  # pool(conv(x, K_d)) over the training set, exact but for `pair`
+    pair: jax.Array  # int32 (co, ci) whose taps may differ from P's; (-1, -1): none
+    taps: jax.Array  # (3, 3) the taps of `pair` that P was computed with
+    stage: int = flax.struct.field(pytree_node=False, default=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,23 +127,49 @@ class Incremental:
         stage = self.model.stages[d]
         return d, (stage if isinstance(stage, ConvBlock) else None), path.split("/", 1)[1]
 
-    def _conv_output(self, stage: ConvBlock, x_in: jax.Array, kernel: jax.Array) -> jax.Array:
-        """pool(conv(x_in, kernel)) over the whole set, channel-major (O, N, H', W')."""
-        out = map_chunks(lambda x: stage_pool(stage, conv3x3(x, kernel)), x_in, self.chunk_size)
-        return jnp.moveaxis(out, -1, 0)
+    def _input(self, stage: ConvBlock, h: jax.Array) -> jax.Array:
+        return nn.relu(h) if stage.relu_in else h
 
-    def prepare(self, params, path, data):
-        d, stage, leaf = self._stage(path)
+    def prepare(self, params, path, data, previous=None):
+        d, stage, _ = self._stage(path)
+        inputs = stage_inputs(self.model, params, data, d, self.chunk_size, previous)
         if stage is None:
-            return self._cached.prepare(params, path, data)
-        x, y = data
-        h = stage_inputs(self.model, params, x, d, self.chunk_size)
-        x_in = nn.relu(h) if stage.relu_in else h
+            return inputs
         kernel = params[f"stages_{d}"]["Conv_0"]["kernel"]
-        p = self._conv_output(stage, x_in, kernel)
-        if leaf != "Conv_0/kernel":
-            return ConvContext(p_OxNxHxW=p, y_N=y)
-        return ConvContext(p_OxNxHxW=p, y_N=y, x_in=x_in, kernel=kernel)
+        if (
+            isinstance(previous, ConvContext)
+            and previous.stage == d
+            and previous.inputs.h_S[d] is inputs.h_S[d]
+            and bool(jnp.array_equal(previous.kernel, kernel))
+        ):  # BN gamma after BN beta: the conv is unchanged (the same arrays, so the same bits)
+            p = previous.p_OxNxHxW
+        else:
+            p = _conv_output(stage, inputs.h_S[d], kernel, self.chunk_size)
+        no_pair = jnp.full((2,), -1, jnp.int32)
+        taps = jnp.zeros((3, 3), kernel.dtype)
+        return ConvContext(inputs=inputs, kernel=kernel, p_OxNxHxW=p, pair=no_pair, taps=taps, stage=d)
+
+    def refresh(self, ctx, params, path, j):
+        d, stage, leaf = self._stage(path)
+        if stage is None or leaf != "Conv_0/kernel":
+            return ctx
+        kernel = params[f"stages_{d}"]["Conv_0"]["kernel"]
+        _, _, ci, co = jnp.unravel_index(j, kernel.shape)
+        pair = jnp.stack([co, ci]).astype(jnp.int32)
+
+        def fold(ctx):
+            """Brings P's channel of the old pair up to the kernel: one input channel's 9-tap
+            conv over the training set."""
+            old_co, old_ci = ctx.pair
+            dtaps = kernel[:, :, old_ci, old_co] - ctx.taps
+            x = self._input(stage, ctx.inputs.h_S[d][old_ci])
+            dp = map_chunks(lambda xc: stage_pool(stage, conv3x3_single(xc, dtaps[..., None])[..., 0]), x, self.chunk_size)
+            p = ctx.p_OxNxHxW
+            return ctx.replace(p_OxNxHxW=lax.dynamic_update_index_in_dim(p, p[old_co] + dp, old_co, axis=0))
+
+        moved = jnp.any(pair != ctx.pair)
+        ctx = lax.cond(moved & (ctx.pair[0] >= 0), fold, lambda c: c, ctx)
+        return ctx.replace(pair=pair, taps=jnp.where(moved, kernel[:, :, ci, co], ctx.taps))
 
     def losses(self, ctx, params, path, j, values_3, idx_B):
         d, stage, leaf = self._stage(path)
@@ -147,7 +177,7 @@ class Incremental:
             return self._cached.losses(ctx, params, path, j, values_3, idx_B)
         sp = params[f"stages_{d}"]
         bn = sp["BatchNorm_0"]
-        p_B = jnp.moveaxis(ctx.p_OxNxHxW[:, idx_B], 0, -1)  # (B, H', W', O)
+        p_B = batch_major(ctx.p_OxNxHxW, idx_B)  # (B, H', W', O)
 
         def bn_channel(co, p_channel, **replace):
             bn_co = {name: value[co][None] for name, value in bn.items()} | {k: v[None] for k, v in replace.items()}
@@ -155,31 +185,22 @@ class Incremental:
 
         if leaf == "Conv_0/kernel":
             kernel = sp["Conv_0"]["kernel"]
-            x_B = ctx.x_in[idx_B]
-            p_B = p_B + self._batch_correction(stage, x_B, kernel, ctx.kernel)
             kh, kw, ci, co = jnp.unravel_index(j, kernel.shape)
-            x_pad = jnp.pad(x_B[..., ci], ((0, 0), (1, 1), (1, 1)))
-            shifted = lax.dynamic_slice(x_pad, (jnp.zeros_like(kh), kh, kw), x_B.shape[:3])
-            s_B = stage_pool(stage, shifted[..., None])[..., 0]
-            dv_3 = values_3 - kernel.ravel()[j]
-            yc_3 = jax.vmap(lambda dv: bn_channel(co, p_B[..., co] + dv * s_B))(dv_3)
+            x_B = self._input(stage, channel_rows(ctx.inputs.h_S[d], ci, idx_B))  # (B, H, W)
+            # Channel co of P for the current kernel: P's value plus the pair's pending change.
+            dtaps = kernel[:, :, ci, co] - ctx.taps
+            p_co = p_B[..., co] + stage_pool(stage, conv3x3_single(x_B, dtaps[..., None])[..., 0])
+            x_pad = jnp.pad(x_B, ((0, 0), (1, 1), (1, 1)))
+            shifted = lax.dynamic_slice(x_pad, (jnp.zeros_like(kh), kh, kw), x_B.shape)
+            s_B = stage_pool(stage, shifted)
+            dv_3 = values_3 - kernel[kh, kw, ci, co]
+            yc_3 = jax.vmap(lambda dv: bn_channel(co, p_co + dv * s_B))(dv_3)
+            p_B = p_B.at[..., co].set(p_co)
         else:  # BN beta or gamma of channel co = j
             co, name = j, leaf.split("/")[-1]
             yc_3 = jax.vmap(lambda v: bn_channel(co, p_B[..., co], **{name: v}))(values_3)
         y_B = batch_norm(bn, p_B)
-        return self._suffix_losses(params, d, y_B, co, yc_3, ctx.y_N[idx_B])
-
-    def _batch_correction(self, stage, x_B, kernel, cached_kernel):
-        """pool(conv(x_B, kernel - cached_kernel)): one output channel if only one differs."""
-        dk = kernel - cached_kernel
-        stale_O = jnp.any(dk != 0, axis=(0, 1, 2))
-        one = jnp.argmax(stale_O)
-
-        def single():
-            dp = stage_pool(stage, conv3x3(x_B, dk[..., one][..., None]))
-            return jnp.zeros(dp.shape[:-1] + dk.shape[-1:], dp.dtype).at[..., one].set(dp[..., 0])
-
-        return lax.cond(stale_O.sum() <= 1, single, lambda: stage_pool(stage, conv3x3(x_B, dk)))
+        return self._suffix_losses(params, d, y_B, co, yc_3, ctx.inputs.y_N[idx_B])
 
     def _suffix_losses(self, params, d, y_B, co, yc_3, labels_B):
         """Losses when channel co of stage d's output Y is set to each of `yc_3`."""
@@ -187,15 +208,13 @@ class Incremental:
         stages = self.model.stages
         if nxt < len(stages) and isinstance(stages[nxt], ConvBlock):
             stage_n, sp_n = stages[nxt], params[f"stages_{nxt}"]
-            act = nn.relu if stage_n.relu_in else (lambda a: a)
             k_n = sp_n["Conv_0"]["kernel"]
-            k_co = lax.dynamic_slice_in_dim(k_n, co, 1, axis=2)
-            base = stage_pool(stage_n, conv3x3(act(y_B), k_n))
-            base_co = act(y_B[..., co])
+            base = stage_pool(stage_n, conv3x3(self._input(stage_n, y_B), k_n))
+            base_co = self._input(stage_n, y_B[..., co])
 
             def loss(yc):
-                delta = stage_pool(stage_n, conv3x3((act(yc) - base_co)[..., None], k_co))
-                z = batch_norm(sp_n["BatchNorm_0"], base + delta)
+                delta = conv3x3_single(self._input(stage_n, yc) - base_co, k_n[:, :, co])
+                z = batch_norm(sp_n["BatchNorm_0"], base + stage_pool(stage_n, delta))
                 out = self.model.apply({"params": params}, z, train=True, start=nxt + 1)
                 return summed_cross_entropy(out, labels_B)
 
@@ -207,44 +226,20 @@ class Incremental:
 
         return jax.vmap(loss)(yc_3)
 
-    def update(self, ctx, params, path, j, old, new):
-        del old, new
-        _, stage, leaf = self._stage(path)
-        if stage is None or leaf != "Conv_0/kernel":
-            return ctx
-        kernel = params[path.split("/", 1)[0]]["Conv_0"]["kernel"]
-        co = j % kernel.shape[-1]
-        stale_O = jnp.any(kernel != ctx.kernel, axis=(0, 1, 2)) & (jnp.arange(kernel.shape[-1]) != co)
-        return lax.switch(
-            jnp.minimum(stale_O.sum(), 2),
-            [
-                lambda c: c,
-                lambda c: self._fold_channel(stage, c, kernel, jnp.argmax(stale_O)),
-                lambda c: self._fold(stage, c, kernel, keep=co),
-            ],
-            ctx,
-        )
 
-    def _fold_channel(self, stage, ctx, kernel, c):
-        """Brings cached channel c up to the current kernel (a one-output-channel conv)."""
-        dk = (kernel[..., c] - ctx.kernel[..., c])[..., None]
-        dp = self._conv_output(stage, ctx.x_in, dk)[0]
-        return ctx.replace(
-            p_OxNxHxW=ctx.p_OxNxHxW.at[c].add(dp), kernel=ctx.kernel.at[..., c].set(kernel[..., c])
-        )
+def channel_rows(h_CxNx: jax.Array, c, idx_B: jax.Array) -> jax.Array:
+    """h_CxNx[c, idx_B] as one gather of rows (indexing both axes can copy channel c first)."""
+    return h_CxNx.reshape(-1, *h_CxNx.shape[2:])[c * h_CxNx.shape[1] + idx_B]
 
-    def _fold(self, stage, ctx, kernel, keep):
-        """Brings every cached channel but `keep` (-1: none) up to the current kernel."""
-        mask_O = jnp.arange(kernel.shape[-1]) != keep
-        dk = jnp.where(mask_O, kernel - ctx.kernel, 0)
-        return ctx.replace(
-            p_OxNxHxW=ctx.p_OxNxHxW + self._conv_output(stage, ctx.x_in, dk),
-            kernel=jnp.where(mask_O, kernel, ctx.kernel),
-        )
 
-    def settle(self, ctx, params, path):
-        """`ctx` with every pending change folded in: equal to `prepare` with `params`."""
-        _, stage, leaf = self._stage(path)
-        if stage is None or leaf != "Conv_0/kernel":
-            return ctx
-        return self._fold(stage, ctx, params[path.split("/", 1)[0]]["Conv_0"]["kernel"], keep=-1)
+@functools.partial(jax.jit, static_argnames=("stage", "chunk_size"))
+def _conv_output(stage: ConvBlock, h_IxNxHxW: jax.Array, kernel: jax.Array, chunk_size: int) -> jax.Array:
+    """pool(conv(x, kernel)) over the training set, channel-major (O, N, H', W')."""
+    relu = nn.relu if stage.relu_in else (lambda a: a)
+
+    def conv(h_chunk):  # (chunk, I, H, W)
+        x = relu(jnp.moveaxis(h_chunk, 1, -1))
+        y = conv3x3_single(x[..., 0], kernel[:, :, 0]) if x.shape[-1] == 1 else conv3x3(x, kernel)
+        return stage_pool(stage, y)
+
+    return channel_major(map_chunks(conv, jnp.moveaxis(h_IxNxHxW, 0, 1), chunk_size))

@@ -13,11 +13,14 @@ the layer's starting point) are `RSOConfig.granularity` options, in `rsojax.para
 The engine owns sampling, ordering and acceptance; an evaluator (`rsojax.evaluators`) owns
 how the three losses are computed. A layer is swept by one jitted function, a `fori_loop`
 over the layer's weights, compiled once per layer and reused across cycles (the cycle and
-sigma are traced). Sweeps can run in chunks of weights with identical results, because
-every draw is keyed by (cycle, layer, weight position) and the data stream is state.
+sigma are traced). Sweeps can run in chunks of weights: every draw is keyed by (cycle, layer,
+weight position) and the data stream is state, so chunks take the same decisions in exact
+arithmetic. Each chunk starts from an evaluator context prepared for its own state
+(`RSO.prepare`), which is what makes a run resumed at a chunk boundary bit-identical.
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
 import flax.struct
@@ -25,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from rsojax.evaluators import Evaluator, with_weight
+from rsojax.incremental import Incremental
 from rsojax.layer_order import check_layers, get_leaf, weight_order
 from rsojax.parallel import GRANULARITIES, parallel_sweep
 from rsojax.perturbation import PERTURBATIONS, draw_dw
@@ -162,7 +166,11 @@ class RSO:
         self.config = config
         self.mesh = mesh
         check_batch(config.batch_size, mesh)
-        self._prepare = jax.jit(self.evaluator.prepare, static_argnames="path")
+        if config.granularity != "weight" and isinstance(evaluator, Incremental):
+            raise ValueError(
+                f"granularity: {config.granularity!r} searches against the layer's starting point; use the "
+                "Cached or Generic evaluator (Incremental keeps its caches in step one weight at a time)"
+            )
         self._sweep = jax.jit(self._sweep_impl, static_argnames=("path",))
 
     def init(self, params, key: jax.Array, data) -> RSOState:
@@ -195,14 +203,15 @@ class RSO:
         parallel granularity searches against the layer's starting point, so always all."""
         return chunk_size if chunk_size and self.config.granularity == "weight" else n
 
-    def prepare(self, state: RSOState, data, path: str):
-        """The evaluator's per-layer context (for example, cached layer inputs)."""
+    def prepare(self, state: RSOState, data, path: str, previous=None):
+        """The evaluator's context for sweeping `path` from `state` (for example, cached layer
+        inputs); `previous`, the context prepared before, lets it reuse what is still valid."""
         n = check_data(data, self.evaluator.example_shape)
         if n != state.sampler.perm.shape[0]:
             raise ValueError(f"data: {n} examples, but the state was initialised with {state.sampler.perm.shape[0]}")
         if path not in self.layers:
             raise ValueError(f"path: {path!r} is not one of the layers {list(self.layers)}")
-        return self._prepare(state.params, path=path, data=replicate(data, self.mesh))
+        return self.evaluator.prepare(state.params, path, replicate(data, self.mesh), previous)
 
     def sweep(self, state: RSOState, ctx, path: str, start: int = 0, stop: int | None = None):
         """Visits weights `start` to `stop - 1` (visit positions) of layer `path`.
@@ -230,11 +239,13 @@ class RSO:
 
         `on_chunk(done, total)` is called after each chunk, for progress bars.
         """
-        ctx = self.prepare(state, data, path)
         n = self.n_weights(state, path)
         chunk_size = self.chunk(chunk_size, n)
-        metrics = None
+        metrics, ctx = None, None
         for start in range(0, n, chunk_size):
+            # Each chunk starts from a context prepared for its own state, so a run resumed
+            # at a chunk boundary computes exactly what the uninterrupted run did.
+            ctx = self.prepare(state, data, path, previous=ctx)
             state, m = self.sweep(state, ctx, path, start, min(start + chunk_size, n))
             metrics = m if metrics is None else metrics + m
             if on_chunk is not None:
@@ -267,13 +278,13 @@ class RSO:
         def dw(i):  # keyed by the visit position: every granularity draws the same dw for a weight
             return draw_dw(cfg.perturbation, jax.random.fold_in(layer_key, i), sigma, leaf.dtype)
 
-        def search(params, j, dw_j, idx_B):
+        def search(ctx, params, j, dw_j, idx_B):
             idx_B = shard_batch(idx_B, self.mesh)  # with a mesh: the batch is split over its devices
             return search_weight(self.evaluator, ctx, params, path, j, dw_j, idx_B, cfg.weight_decay)
 
         if cfg.granularity != "weight":
             params, sampler, metrics = parallel_sweep(
-                search, state.params, path, order, dw, state.sampler, cfg.batch_size, cfg.granularity,
+                functools.partial(search, ctx), state.params, path, order, dw, state.sampler, cfg.batch_size, cfg.granularity,
                 cfg.parallel_vmap, SweepMetrics.zeros(leaf.dtype),
             )
             return state.replace(params=params, sampler=sampler), metrics
@@ -282,10 +293,9 @@ class RSO:
             params, ctx, sampler, metrics = carry
             idx, sampler = next_batch(sampler, cfg.batch_size)
             j = order[i]
-            w = get_leaf(params, path).ravel()[j]
-            new, m = search(params, j, dw(i), idx)
+            ctx = self.evaluator.refresh(ctx, params, path, j)
+            new, m = search(ctx, params, j, dw(i), idx)
             params = with_weight(params, path, j, new)
-            ctx = self.evaluator.update(ctx, params, path, j, w, new)
             return params, ctx, sampler, metrics + m
 
         carry = (state.params, ctx, state.sampler, SweepMetrics.zeros(leaf.dtype))

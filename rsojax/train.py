@@ -21,6 +21,7 @@ import optax
 from rsojax.data import Dataset
 from rsojax.evaluation import accuracy
 from rsojax.evaluators import Cached, Evaluator
+from rsojax.incremental import Incremental
 from rsojax.models import Sequential
 from rsojax.rso import RSO, RSOConfig, RSOState, SweepMetrics
 from rsojax.sharding import replicate
@@ -67,7 +68,12 @@ def params_sha256(params) -> str:
 def rso_trainer(
     model: Sequential, config: RSOConfig, evaluator: Evaluator | None = None, kernels_only: bool = False, mesh=None
 ) -> RSO:
-    return RSO(evaluator or Cached(model), model.search_order(kernels_only), config, mesh=mesh)
+    """An `RSO` over `model.search_order()`; by default with the fastest exact evaluator
+    (`Incremental`; `Cached` for the parallel granularities, which search against the layer's
+    starting point)."""
+    if evaluator is None:
+        evaluator = Incremental(model) if config.granularity == "weight" else Cached(model)
+    return RSO(evaluator, model.search_order(kernels_only), config, mesh=mesh)
 
 
 def start_rso(rso: RSO, model: Sequential, data: Dataset, seed: int = 72, init_seed: int = 420) -> Step:
@@ -85,7 +91,7 @@ def run_rso(
     *,
     seed: int = 72,
     init_seed: int = 420,
-    chunk_size: int = 256,
+    chunk_size: int = 576,
     on_chunk: Callable[[int, int], None] | None = None,
 ) -> Iterator[Step]:
     """Runs RSO from `start` (default: a fresh start from the seeds) to the end of
@@ -95,15 +101,18 @@ def run_rso(
     config, train = rso.config, (data.x_train, data.y_train)
     start = start or start_rso(rso, model, data, seed, init_seed)
     run, updates, wall_time = replicate(start.run, rso.mesh), start.weight_updates, start.wall_time_s
+    ctx = None  # the evaluator's context, passed on so that it can reuse caches still valid
     while int(run.state.cycle) < config.cycles:
         layer = int(run.layer)
         path = rso.layers[layer]
         n = rso.n_weights(run.state, path)
         tic = time.perf_counter()
-        ctx = rso.prepare(run.state, train, path)
         state, metrics, pos = run.state, run.partial, int(run.weight)
         while pos < n:
             stop = min(pos + rso.chunk(chunk_size, n), n)
+            # Prepared for each chunk's own state: a run resumed at a chunk boundary computes
+            # exactly what the uninterrupted run did.
+            ctx = rso.prepare(state, train, path, previous=ctx)
             state, m = rso.sweep(state, ctx, path, pos, stop)
             jax.block_until_ready(state.params)
             metrics, pos, updates = metrics + m, stop, updates + stop - pos

@@ -72,11 +72,11 @@ def test_float32_decisions_agree_with_cached():
         dw = sigma * jax.random.normal(jax.random.fold_in(layer_key, i), (), leaf.dtype)
         w_decayed = flat[j] * (1 - cfg.weight_decay)
         values_3 = jnp.stack([w_decayed, w_decayed + dw, w_decayed - dw])
+        ctx_i = incremental.refresh(ctx_i, params, path, j)
         choice_c = rsojax.choose(cached.losses(ctx_c, params, path, j, values_3, idx_B))
         choice_i = rsojax.choose(incremental.losses(ctx_i, params, path, j, values_3, idx_B))
         new = values_3[choice_c]
         params = rsojax.set_leaf(params, path, flat.at[j].set(new).reshape(leaf.shape))
-        ctx_i = incremental.update(ctx_i, params, path, j, flat[j], new)
         return params, ctx_i, sampler, choice_c == choice_i
 
     params, sampler, agree = state.params, state.sampler, []
@@ -91,29 +91,32 @@ def test_float32_decisions_agree_with_cached():
     assert sum(agree) >= 0.999 * len(agree), (sum(agree), len(agree))
 
 
-def test_update_keeps_the_cache_consistent():
+def test_refresh_keeps_the_cache_exact():
     model, params, data = small_net()
     incremental = Incremental(model, 24)
     path = "stages_2/Conv_0/kernel"
     ctx = incremental.prepare(params, path, data)
     kernel = rsojax.get_leaf(params, path)
-    update = jax.jit(incremental.update, static_argnames="path")
-    # A sweep's worth of changes in visit order, then a few out of order (several channels stale).
+    refresh = jax.jit(incremental.refresh, static_argnames="path")
+    # Half a sweep's worth of changes in visit order, then a few out of order.
     order = rsojax.weight_order(kernel.shape)
     changes = [*order[: kernel.size // 2], order[-1], order[0], order[-5]]
     rng = np.random.default_rng(0)
     for j in changes:
+        ctx = refresh(ctx, params, path, int(j))
         flat = rsojax.get_leaf(params, path).ravel()
-        new = flat[j] + rng.normal()
-        params = rsojax.set_leaf(params, path, flat.at[j].set(new).reshape(kernel.shape))
-        ctx = update(ctx, params, path, int(j), flat[j], new)
-    settled = incremental.settle(ctx, params, path)
-    fresh = incremental.prepare(params, path, data)
-    np.testing.assert_allclose(settled.p_OxNxHxW, fresh.p_OxNxHxW, rtol=0, atol=1e-10)
-    np.testing.assert_array_equal(settled.kernel, fresh.kernel)
-    # Before settling, at most one channel (the one being searched) is pending.
-    stale_O = np.any(np.asarray(ctx.kernel) != np.asarray(rsojax.get_leaf(params, path)), axis=(0, 1, 2))
-    assert stale_O.sum() <= 1
+        params = rsojax.set_leaf(params, path, flat.at[j].set(flat[j] + rng.normal()).reshape(kernel.shape))
+    # Moving on to a weight of another (input, output) channel pair folds the pending pair in.
+    j_next = int(order[kernel.size // 2 + 20])
+    ctx = refresh(ctx, params, path, j_next)
+    np.testing.assert_allclose(ctx.p_OxNxHxW, incremental.prepare(params, path, data).p_OxNxHxW, rtol=0, atol=1e-10)
+    # A change to the pending pair is not in the whole-set cache until the search moves on.
+    flat = rsojax.get_leaf(params, path).ravel()
+    params = rsojax.set_leaf(params, path, flat.at[j_next].add(1.0).reshape(kernel.shape))
+    fresh = incremental.prepare(params, path, data).p_OxNxHxW
+    assert np.abs(np.asarray(ctx.p_OxNxHxW) - np.asarray(fresh)).max() > 1e-3
+    ctx = refresh(ctx, params, path, int(order[0]))
+    np.testing.assert_allclose(ctx.p_OxNxHxW, fresh, rtol=0, atol=1e-10)
 
 
 def test_other_models_fall_back_and_bad_model_raises(small_mlp):
