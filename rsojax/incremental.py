@@ -157,19 +157,19 @@ class Incremental:
         _, _, ci, co = jnp.unravel_index(j, kernel.shape)
         pair = jnp.stack([co, ci]).astype(jnp.int32)
 
-        def fold(ctx):
+        def fold(p_OxNxHxW):
             """Brings P's channel of the old pair up to the kernel: one input channel's 9-tap
             conv over the training set."""
             old_co, old_ci = ctx.pair
             dtaps = kernel[:, :, old_ci, old_co] - ctx.taps
             x = self._input(stage, ctx.inputs.h_S[d][old_ci])
             dp = map_chunks(lambda xc: stage_pool(stage, conv3x3_single(xc, dtaps[..., None])[..., 0]), x, self.chunk_size)
-            p = ctx.p_OxNxHxW
-            return ctx.replace(p_OxNxHxW=lax.dynamic_update_index_in_dim(p, p[old_co] + dp, old_co, axis=0))
+            return lax.dynamic_update_index_in_dim(p_OxNxHxW, p_OxNxHxW[old_co] + dp, old_co, axis=0)
 
         moved = jnp.any(pair != ctx.pair)
-        ctx = lax.cond(moved & (ctx.pair[0] >= 0), fold, lambda c: c, ctx)
-        return ctx.replace(pair=pair, taps=jnp.where(moved, kernel[:, :, ci, co], ctx.taps))
+        # Only P goes through the cond: the multi-GB stage inputs stay loop-invariant for XLA.
+        p = lax.cond(moved & (ctx.pair[0] >= 0), fold, lambda p: p, ctx.p_OxNxHxW)
+        return ctx.replace(p_OxNxHxW=p, pair=pair, taps=jnp.where(moved, kernel[:, :, ci, co], ctx.taps))
 
     def losses(self, ctx, params, path, j, values_3, idx_B):
         d, stage, leaf = self._stage(path)
