@@ -1,5 +1,6 @@
 """experiments/mnist.py as a long run: kill and resume, determinism, clear failures."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -99,15 +100,16 @@ def test_bad_settings_fail_before_work(mock_mnist, tmp_path, capsys, args, messa
 
 
 @pytest.mark.parametrize("defect, message", [("nan", "data: x_train contains NaN or inf"), ("label", "data: y_train has labels outside 0..9")])
-def test_bad_data_fails_before_work(monkeypatch, tmp_path, capsys, defect, message):
+def test_bad_data_fails_before_work(tmp_path, capsys, defect, message):
     x = np.zeros((40, 28, 28, 1), np.float32)
     y = np.arange(40) % 10
     if defect == "nan":
         x[3, 4, 5, 0] = np.inf
     else:
         y[7] = 12
-    monkeypatch.setattr(mnist, "load_mnist", lambda data_dir, subset: preprocess(x, y, x, y, subset))
-    assert mnist.cli(["--workdir", str(tmp_path), "--channels", "2"]) == 2
+    task = dataclasses.replace(mnist.MNIST, load=lambda data_dir, subset: preprocess(x, y, x, y, subset))
+    argv = ["--workdir", str(tmp_path), "--channels", "2", "--cycles", "1", "--batch_size", "16"]
+    assert mnist.cli(argv, task=task) == 2
     assert f"mnist.py: error: {message}" in capsys.readouterr().err
 
 
