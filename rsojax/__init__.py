@@ -1,8 +1,7 @@
 """rsojax: training neural networks without gradients by RSO (Tripathi & Singh, arXiv 2005.05955)."""
 
 from rsojax.evaluation import accuracy, bn_statistics, predict
-from rsojax.evaluators import Cached, Evaluator, Generic, sequential_loss, stage_inputs
-from rsojax.incremental import Incremental
+from rsojax.evaluators import EVALUATORS, Cached, Evaluator, Generic, Incremental, Uncached, sequential_loss, stage_inputs
 from rsojax.layer_order import get_leaf, set_leaf, weight_order
 from rsojax.losses import summed_cross_entropy
 from rsojax.models import ResidualNet, Sequential, cifar10_resnet, mlp, mnist_convnet
@@ -11,6 +10,7 @@ from rsojax.schedule import anneal, layer_sigma
 from rsojax.train import RSORun, SGDRun, Step, init_params, params_sha256, rso_trainer, run_rso, run_sgd
 
 __all__ = [
+    "EVALUATORS",
     "RSO",
     "Cached",
     "Evaluator",
@@ -24,6 +24,7 @@ __all__ = [
     "Step",
     "Sequential",
     "SweepMetrics",
+    "Uncached",
     "accuracy",
     "anneal",
     "bn_statistics",

@@ -12,11 +12,27 @@ relative paths of its searched parameters in the order RSO visits them inside th
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
 # He initialisation as the paper states it: N(0, sqrt(2 / fan_in)), not truncated.
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+# The global pool before the dense layer. The reference code's `nd.Pooling(global_pool=True)`
+# names no pool_type, and MXNet's default is max; "avg" is the reading of the paper's text.
+GLOBAL_POOLS = ("max", "avg")
+
+
+def check_global_pool(global_pool: str) -> str:
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool: expected one of {list(GLOBAL_POOLS)}, got {global_pool!r}")
+    return global_pool
+
+
+def global_pool_2d(x_BxHxWxC: jax.Array, global_pool: str) -> jax.Array:
+    """Max or mean over the spatial axes: (B, H, W, C) -> (B, C)."""
+    return x_BxHxWxC.max(axis=(1, 2)) if global_pool == "max" else x_BxHxWxC.mean(axis=(1, 2))
 
 
 class BatchNorm(nn.Module):
@@ -76,16 +92,18 @@ class ConvBlock(nn.Module):
 
 
 class PoolHead(nn.Module):
-    """Global average pool -> dense without bias (no ReLU after the last BN, as the reference)."""
+    """Global pool (max, as the reference code) -> dense without bias (no ReLU after the last
+    BN, as the reference)."""
 
     classes: int = 10
+    global_pool: str = "max"
 
     searched = ("Dense_0/kernel",)
 
     @nn.compact
     def __call__(self, x_BxHxWxC, train: bool):
         del train
-        x_BxC = x_BxHxWxC.mean(axis=(1, 2))
+        x_BxC = global_pool_2d(x_BxHxWxC, self.global_pool)
         return nn.Dense(self.classes, use_bias=False, kernel_init=he_normal)(x_BxC)
 
 
@@ -149,16 +167,17 @@ def stage_of(path: str) -> int:
     return int(head[len("stages_"):])
 
 
-def mnist_convnet(channels: int = 16, classes: int = 10) -> Sequential:
+def mnist_convnet(channels: int = 16, classes: int = 10, global_pool: str = "max") -> Sequential:
     """The paper's 6-conv MNIST network: 11,824 weights + 192 BN parameters.
 
     Six 3x3 convolutions without bias, 2x2 average pool after conv 2 and conv 4
-    (28 -> 14 -> 7), BN after each, ReLU at the start of the next block, global average
-    pool and a dense layer 16 -> 10 without bias.
+    (28 -> 14 -> 7), BN after each, ReLU at the start of the next block, a global pool (max,
+    as the reference code; "avg" as an option) and a dense layer 16 -> 10 without bias.
     """
     pools = (False, True, False, True, False, False)
     blocks = [ConvBlock(channels, pool=p, relu_in=i > 0) for i, p in enumerate(pools)]
-    return Sequential(stages=(*blocks, PoolHead(classes)), input_shape=(28, 28, 1))
+    head = PoolHead(classes, global_pool=check_global_pool(global_pool))
+    return Sequential(stages=(*blocks, head), input_shape=(28, 28, 1))
 
 
 def mlp(
@@ -175,7 +194,8 @@ class ResidualNet(nn.Module):
 
     Block i: [ReLU] -> 3x3 conv i (no bias) -> [+ the BN output of block i - 2, for i = 3, 5,
     7, 9, through a 1x1 conv + BN where the channel count changes] -> [2x2 average pool after
-    conv 3 and conv 5] -> BN. Then global average pool and dense without bias.
+    conv 3 and conv 5] -> BN. Then a global pool (max, as the reference code) and dense
+    without bias.
 
     Not a `Sequential`: a residual addition reads the output of the block two back, which a
     chain of stages passing one array does not carry. Rather than widen every stage's interface
@@ -188,12 +208,14 @@ class ResidualNet(nn.Module):
       pools: 1-based numbers of the convolutions followed by a 2x2 average pool.
       classes: outputs of the dense layer.
       input_shape: the shape of one example.
+      global_pool: "max" (the reference code) or "avg".
     """
 
     channels: Sequence[int] = (16, 16, 16, 32, 32, 32, 32, 32, 32)
     pools: Sequence[int] = (3, 5)
     classes: int = 10
     input_shape: tuple[int, ...] = (32, 32, 3)
+    global_pool: str = "max"
 
     def shortcuts(self) -> list[int]:
         """The 1-based convolutions whose residual input needs a 1x1 conv + BN."""
@@ -219,7 +241,7 @@ class ResidualNet(nn.Module):
                 y = nn.avg_pool(y, (2, 2), strides=(2, 2))
             h = BatchNorm(name=f"bn_{i}")(y, train)
             outputs.append(h)
-        return nn.Dense(self.classes, use_bias=False, kernel_init=he_normal, name="dense")(h.mean(axis=(1, 2)))
+        return nn.Dense(self.classes, use_bias=False, kernel_init=he_normal, name="dense")(global_pool_2d(h, self.global_pool))
 
     def search_order(self, kernels_only: bool = False) -> list[str]:
         """Dense first, then block 9 down to block 1; inside a block the conv kernel, BN beta,
@@ -233,12 +255,13 @@ class ResidualNet(nn.Module):
         return order
 
 
-def cifar10_resnet(channels: int = 16, classes: int = 10) -> ResidualNet:
+def cifar10_resnet(channels: int = 16, classes: int = 10, global_pool: str = "max") -> ResidualNet:
     """The paper's 10-layer CIFAR-10 network: about 57,100 searched parameters at 16 channels.
 
     Convolutions of `channels` x (1, 1, 1, 2, 2, 2, 2, 2, 2), average pools after conv 3 and
     conv 5 (32 -> 16 -> 8), residual additions conv 1 -> 3 -> 5 -> 7 -> 9 (a 1x1 conv + BN into
-    conv 5, where the channels double), global average pool, dense to `classes`.
+    conv 5, where the channels double), a global pool (max, as the reference code; "avg" as an
+    option), dense to `classes`.
     """
     widths = tuple(channels * m for m in (1, 1, 1, 2, 2, 2, 2, 2, 2))
-    return ResidualNet(channels=widths, classes=classes)
+    return ResidualNet(channels=widths, classes=classes, global_pool=check_global_pool(global_pool))

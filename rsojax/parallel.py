@@ -25,7 +25,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from rsojax.layer_order import get_leaf, set_leaf
-from rsojax.sampling import SamplerState, next_batch
 
 GRANULARITIES = ("weight", "layer", "neuron")
 
@@ -44,8 +43,7 @@ def parallel_sweep(
     path: str,
     order_N: jax.Array,
     dw: Callable,
-    sampler: SamplerState,
-    batch_size: int,
+    batch: Callable,
     granularity: str,
     vmap_size: int,
     zero_metrics,
@@ -58,22 +56,18 @@ def parallel_sweep(
       path: the layer.
       order_N: row-major flat indices in output-first visit order (neurons are contiguous).
       dw: `i -> dw` of the weight at visit position `i`.
-      sampler: the minibatch stream; position `i` takes the `i`-th batch.
-      batch_size, granularity, vmap_size: from `RSOConfig`.
+      batch: `i -> idx_B`, the minibatch of the weight at visit position `i`.
+      granularity, vmap_size: from `RSOConfig`.
       zero_metrics: the metrics of no step, the start of each thread's sum.
 
     Returns:
-      The merged parameters, the advanced sampler and the metrics summed over the layer.
+      The merged parameters and the metrics summed over the layer.
     """
     leaf = get_leaf(params, path)
     n_threads, steps = threads(leaf.shape, granularity)
 
-    def draw(sampler, _):
-        idx_B, sampler = next_batch(sampler, batch_size)
-        return sampler, idx_B
-
-    sampler, idx_NxB = lax.scan(draw, sampler, None, length=order_N.shape[0])
-    dw_N = jax.vmap(dw)(jnp.arange(order_N.shape[0]))
+    positions = jnp.arange(order_N.shape[0])
+    idx_NxB, dw_N = jax.vmap(batch)(positions), jax.vmap(dw)(positions)
 
     def thread(args):
         j_S, dw_S, idx_SxB = args
@@ -90,4 +84,4 @@ def parallel_sweep(
     split = (order_N.reshape(n_threads, steps), dw_N.reshape(n_threads, steps), idx_NxB.reshape(n_threads, steps, -1))
     new_TxS, metrics_T = lax.map(thread, split, batch_size=min(vmap_size, n_threads))
     merged = leaf.ravel().at[order_N].set(new_TxS.ravel()).reshape(leaf.shape)
-    return set_leaf(params, path, merged), sampler, jax.tree.map(lambda a: a.sum(0), metrics_T)
+    return set_leaf(params, path, merged), jax.tree.map(lambda a: a.sum(0), metrics_T)

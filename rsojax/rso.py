@@ -1,11 +1,12 @@
 """RSO, Random Search Optimization (Tripathi & Singh, arXiv 2005.05955, Algorithm 1).
 
 For each cycle c, for each layer d in the stated order, for each weight w_j of the layer in
-visit order: draw a fresh minibatch and dw ~ N(0, sigma_d,c) (or another distribution of
-`rsojax.perturbation`); with w' = w * (1 - weight_decay),
-set w_j to whichever of w', w' + dw, w' - dw has the lowest loss on the batch. Ties go to the
-earlier candidate (so to w'); a non-finite loss is never chosen; if all three are non-finite
-the weight keeps its value and the event is counted.
+visit order: take the weight's minibatch and draw dw ~ N(0, sigma_d,c) (or another
+distribution of `rsojax.perturbation`); with w' = w * (1 - weight_decay), set w_j to
+whichever of w', w' + dw, w' - dw has the lowest loss on the batch. Ties go to the earlier
+candidate (so to w'); a non-finite loss is never chosen; if all three are non-finite the
+weight keeps its value and the event is counted. Minibatches follow the reference code's
+stream (`rsojax.sampling`): one shuffle per block and cycle, cut into fixed batches.
 
 The paper's parallel schemes (a whole layer, or one thread per output neuron, searched against
 the layer's starting point) are `RSOConfig.granularity` options, in `rsojax.parallel`.
@@ -13,61 +14,65 @@ the layer's starting point) are `RSOConfig.granularity` options, in `rsojax.para
 The engine owns sampling, ordering and acceptance; an evaluator (`rsojax.evaluators`) owns
 how the three losses are computed. A layer is swept by one jitted function, a `fori_loop`
 over the layer's weights, compiled once per layer and reused across cycles (the cycle and
-sigma are traced). Sweeps can run in chunks of weights: every draw is keyed by (cycle, layer,
-weight position) and the data stream is state, so chunks take the same decisions in exact
-arithmetic. Each chunk starts from an evaluator context prepared for its own state
-(`RSO.prepare`), which is what makes a run resumed at a chunk boundary bit-identical.
+sigma are traced), at the precision of `RSOConfig.precision` (`rsojax.precision`). Sweeps run
+in chunks of weights (`RSO.chunks`): dw is keyed by (cycle, layer, weight position) and the
+minibatch by (cycle, block, weight position), so chunks take the same decisions in exact
+arithmetic. Each chunk starts from an evaluator context prepared for its own state, which is
+what makes a run resumed at a chunk boundary bit-identical.
 """
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-from rsojax.evaluators import Evaluator, with_weight
-from rsojax.incremental import Incremental
+from rsojax.evaluators.base import Evaluator, with_weight
 from rsojax.layer_order import check_layers, get_leaf, weight_order
 from rsojax.parallel import GRANULARITIES, parallel_sweep
 from rsojax.perturbation import PERTURBATIONS, draw_dw
-from rsojax.sampling import SamplerState, init_sampler, next_batch
+from rsojax.precision import PRECISIONS, check_precision, precision_scope
+from rsojax.sampling import batch_at, block_permutation
 from rsojax.sharding import check_batch, replicate, shard_batch
 from rsojax.schedule import anneal, layer_sigma
 
 
+def _option(default, help: str, choices=None):
+    """A config field whose help (and choices) the command lines show."""
+    metadata = {"help": help} | ({"choices": tuple(choices)} if choices is not None else {})
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass(frozen=True)
 class RSOConfig:
-    """Hyperparameters; the defaults are the reference code's.
+    """RSO's hyperparameters; the defaults are the reference code's. Each field's
+    `metadata["help"]` (and `["choices"]`) says what it is; the command lines show it."""
 
-    Attributes:
-      batch_size: examples in the fresh minibatch of each weight (paper: 5000).
-      cycles: passes over all layers; sets the anneal (paper: 50).
-      anneal_floor: a in sigma_d,c = sigma_d * (a + (1 - a) * (C - c) / C).
-      weight_decay: w' = w * (1 - weight_decay) before the candidates are evaluated.
-      sigma_scale: factor on every layer's sigma_d.
-      vector_sigma: sigma_d of vector parameters (BN gamma and beta), before `sigma_scale`.
-      output_first: inside a kernel, visit by output channel first (else input channel).
-      perturbation: the distribution of dw, a key of `rsojax.perturbation.PERTURBATIONS`:
-        "normal" N(0, sigma_d), "uniform" U(-2 sigma_d, 2 sigma_d), "ternary" {-sigma_d, 0, sigma_d}.
-      granularity: "weight", one weight at a time (Algorithm 1); "layer", every weight of a
-        layer searched in parallel against the parameters at the start of the layer; "neuron",
-        one sequential thread per output neuron, the threads in parallel (`rsojax.parallel`).
-      parallel_vmap: weights ("layer") or threads ("neuron") evaluated in one vmapped call;
-        bounds memory, does not change the search.
-    """
-
-    batch_size: int = 5000
-    cycles: int = 50
-    anneal_floor: float = 0.1
-    weight_decay: float = 1e-4
-    sigma_scale: float = 1.0
-    vector_sigma: float = 0.167
-    output_first: bool = True
-    perturbation: str = "normal"
-    granularity: str = "weight"
-    parallel_vmap: int = 16
+    batch_size: int = _option(5000, "examples in the minibatch of each weight (the paper: 5000)")
+    cycles: int = _option(50, "passes over all layers; sets the anneal (the paper: 50)")
+    anneal_floor: float = _option(0.1, "a in sigma_d,c = sigma_d * (a + (1 - a) * (C - c) / C)")
+    weight_decay: float = _option(1e-4, "w' = w * (1 - weight_decay) before the candidates are evaluated")
+    sigma_scale: float = _option(1.0, "factor on every layer's sigma_d")
+    vector_sigma: float = _option(0.167, "sigma_d of BN gamma and beta (vector parameters), before sigma_scale")
+    output_first: bool = _option(True, "inside a kernel, visit by output channel first (else by input channel)")
+    perturbation: str = _option(
+        "normal", "distribution of dw: N(0, sigma_d), U(-2 sigma_d, 2 sigma_d) or {-sigma_d, 0, sigma_d}", PERTURBATIONS
+    )
+    granularity: str = _option(
+        "weight",
+        "'weight': one weight at a time (Algorithm 1); 'layer': every weight of a layer against the layer's "
+        "starting point; 'neuron': one sequential thread per output neuron, threads in parallel",
+        GRANULARITIES,
+    )
+    parallel_vmap: int = _option(16, "weights ('layer') or threads ('neuron') per vmapped call; memory only")
+    precision: str = _option(
+        "float32",
+        "convolutions and matrix products of candidate losses and test evaluation: 'float32' on every backend, "
+        "or the backend's 'default' (TF32 on NVIDIA GPUs: faster, but decisions then depend on the chip)",
+        PRECISIONS,
+    )
 
     def __post_init__(self):
         for name in ("batch_size", "cycles", "parallel_vmap"):
@@ -87,6 +92,7 @@ class RSOConfig:
             raise ValueError(f"granularity: expected one of {list(GRANULARITIES)}, got {self.granularity!r}")
         if self.granularity == "neuron" and not self.output_first:
             raise ValueError("output_first: the 'neuron' granularity visits a neuron's weights in one order; keep True")
+        check_precision(self.precision)
 
 
 @flax.struct.dataclass
@@ -96,8 +102,9 @@ class RSOState:
     params: dict
     sigmas: dict  # layer path -> sigma_d before the anneal
     key: jax.Array  # draws of dw, keyed by (cycle, layer, weight position)
+    data_key: jax.Array  # the minibatch stream, keyed by (cycle, block) (`rsojax.sampling`)
     cycle: jax.Array  # int32, 0-based
-    sampler: SamplerState
+    n_examples: int = flax.struct.field(pytree_node=False, default=0)  # the training set's size
 
 
 @flax.struct.dataclass
@@ -149,11 +156,15 @@ class RSO:
     """The RSO trainer over one evaluator and an explicit layer order.
 
     Args:
-      evaluator: computes candidate losses (`rsojax.Generic`, `rsojax.Cached`, ...).
+      evaluator: computes candidate losses (`rsojax.evaluators`: `Incremental`, `Cached`, ...).
       layers: parameter paths (`"stages_6/Dense_0/kernel"`) in the order they are visited.
       config: hyperparameters.
       mesh: a `jax.sharding.Mesh` with a 'data' axis (`rsojax.sharding.make_mesh`): each
         minibatch is split over its devices, state and data are replicated (None: one device).
+
+    Layers whose paths share their first component (`stages_3/Conv_0/kernel` and
+    `stages_3/BatchNorm_0/bias`) form a block: they share one shuffle of the training set per
+    cycle, as the reference code's conv block does (`rsojax.sampling`).
     """
 
     def __init__(self, evaluator: Evaluator, layers: Sequence[str], config: RSOConfig = RSOConfig(), mesh=None):
@@ -166,18 +177,21 @@ class RSO:
         self.config = config
         self.mesh = mesh
         check_batch(config.batch_size, mesh)
-        if config.granularity != "weight" and isinstance(evaluator, Incremental):
+        if config.granularity != "weight" and not evaluator.parallel_safe:
             raise ValueError(
-                f"granularity: {config.granularity!r} searches against the layer's starting point; use the "
-                "Cached or Generic evaluator (Incremental keeps its caches in step one weight at a time)"
+                f"granularity: {config.granularity!r} searches against the layer's starting point; "
+                f"{type(evaluator).__name__} keeps its context in step one weight at a time: use Cached or Generic"
             )
+        names = [path.split("/", 1)[0] for path in self.layers]
+        self.blocks = tuple(names.index(name) for name in names)  # block id: its first layer's index
         self._sweep = jax.jit(self._sweep_impl, static_argnames=("path",))
 
     def init(self, params, key: jax.Array, data) -> RSOState:
         """The state before the first cycle; validates parameters, layers and data."""
         check_layers(params, self.layers)
         n = check_data(data, self.evaluator.example_shape)
-        self._check_batch(n)
+        if self.config.batch_size > n:
+            raise ValueError(f"batch_size: {self.config.batch_size} is larger than the training set ({n} examples)")
         sigmas = {
             path: jnp.asarray(
                 layer_sigma(get_leaf(params, path).shape, self.config.sigma_scale, self.config.vector_sigma),
@@ -186,14 +200,8 @@ class RSO:
             for path in self.layers
         }
         search_key, data_key = jax.random.split(key)
-        state = RSOState(
-            params=params, sigmas=sigmas, key=search_key, cycle=jnp.int32(0), sampler=init_sampler(data_key, n)
-        )
+        state = RSOState(params=params, sigmas=sigmas, key=search_key, data_key=data_key, cycle=jnp.int32(0), n_examples=n)
         return replicate(state, self.mesh)
-
-    def _check_batch(self, n: int):
-        if self.config.batch_size > n:
-            raise ValueError(f"batch_size: {self.config.batch_size} is larger than the training set ({n} examples)")
 
     def n_weights(self, state: RSOState, path: str) -> int:
         return get_leaf(state.params, path).size
@@ -203,15 +211,22 @@ class RSO:
         parallel granularity searches against the layer's starting point, so always all."""
         return chunk_size if chunk_size and self.config.granularity == "weight" else n
 
+    def _check(self, state: RSOState, data, path: str):
+        n = check_data(data, self.evaluator.example_shape)
+        if n != state.n_examples:
+            raise ValueError(f"data: {n} examples, but the state was initialised with {state.n_examples}")
+        if path not in self.layers:
+            raise ValueError(f"path: {path!r} is not one of the layers {list(self.layers)}")
+
     def prepare(self, state: RSOState, data, path: str, previous=None):
         """The evaluator's context for sweeping `path` from `state` (for example, cached layer
         inputs); `previous`, the context prepared before, lets it reuse what is still valid."""
-        n = check_data(data, self.evaluator.example_shape)
-        if n != state.sampler.perm.shape[0]:
-            raise ValueError(f"data: {n} examples, but the state was initialised with {state.sampler.perm.shape[0]}")
-        if path not in self.layers:
-            raise ValueError(f"path: {path!r} is not one of the layers {list(self.layers)}")
-        return self.evaluator.prepare(state.params, path, replicate(data, self.mesh), previous)
+        self._check(state, data, path)
+        return self._prepare(state, replicate(data, self.mesh), path, previous)
+
+    def _prepare(self, state, data, path, previous):
+        with precision_scope(self.config.precision):
+            return self.evaluator.prepare(state.params, path, data, previous)
 
     def sweep(self, state: RSOState, ctx, path: str, start: int = 0, stop: int | None = None):
         """Visits weights `start` to `stop - 1` (visit positions) of layer `path`.
@@ -219,53 +234,64 @@ class RSO:
         Returns:
           The new state and the `SweepMetrics` of these weights.
         """
+        with precision_scope(self.config.precision):
+            return self._sweep(state, ctx, *self._range(state, path, start, stop), path=path)
+
+    def lower(self, state: RSOState, ctx, path: str, start: int = 0, stop: int | None = None) -> jax.stages.Lowered:
+        """The sweep of `sweep(state, ctx, path, start, stop)` lowered as it runs (to inspect its HLO)."""
+        with precision_scope(self.config.precision):
+            return self._sweep.lower(state, ctx, *self._range(state, path, start, stop), path=path)
+
+    def _range(self, state, path, start, stop):
         n = self.n_weights(state, path)
         stop = n if stop is None else stop
         if not 0 <= start <= stop <= n:
             raise ValueError(f"start, stop: expected 0 <= start <= stop <= {n}, got {start}, {stop}")
         if self.config.granularity != "weight" and (start, stop) != (0, n):
             raise ValueError(f"start, stop: granularity {self.config.granularity!r} sweeps a whole layer (0, {n}) at once")
-        return self._sweep(state, ctx, jnp.int32(start), jnp.int32(stop), path=path)
+        return jnp.int32(start), jnp.int32(stop)
 
-    def layer(
-        self,
-        state: RSOState,
-        data,
-        path: str,
-        chunk_size: int | None = None,
-        on_chunk: Callable[[int, int], None] | None = None,
-    ):
-        """Sweeps a whole layer, in compiled chunks of `chunk_size` weights (all at once by default).
+    def chunks(
+        self, state: RSOState, data, path: str, start: int = 0, chunk_size: int | None = None, ctx=None
+    ) -> Iterator[tuple[RSOState, "SweepMetrics", int, object]]:
+        """Sweeps layer `path` from visit position `start` to its end in compiled chunks of
+        `chunk_size` weights (all at once by default), yielding `(state, metrics, stop, ctx)`
+        after each: the state after the chunk, the chunk's metrics, the next position, and the
+        context it used (pass it as `ctx` to the next layer's `chunks`, so that caches still
+        valid are reused).
 
-        `on_chunk(done, total)` is called after each chunk, for progress bars.
+        Each chunk starts from a context prepared for its own state, so a run resumed at a
+        chunk boundary computes exactly what the uninterrupted run did.
         """
+        self._check(state, data, path)
+        data = replicate(data, self.mesh)
         n = self.n_weights(state, path)
-        chunk_size = self.chunk(chunk_size, n)
-        metrics, ctx = None, None
-        for start in range(0, n, chunk_size):
-            # Each chunk starts from a context prepared for its own state, so a run resumed
-            # at a chunk boundary computes exactly what the uninterrupted run did.
-            ctx = self.prepare(state, data, path, previous=ctx)
-            state, m = self.sweep(state, ctx, path, start, min(start + chunk_size, n))
-            metrics = m if metrics is None else metrics + m
-            if on_chunk is not None:
-                on_chunk(min(start + chunk_size, n), n)
+        size = self.chunk(chunk_size, n)
+        for pos in range(start, n, size):
+            stop = min(pos + size, n)
+            ctx = self._prepare(state, data, path, ctx)
+            state, metrics = self.sweep(state, ctx, path, pos, stop)
+            yield state, metrics, stop, ctx
+
+    def layer(self, state: RSOState, data, path: str, chunk_size: int | None = None):
+        """Sweeps a whole layer (`chunks`); returns the new state and the layer's metrics."""
+        metrics = SweepMetrics.zeros(get_leaf(state.params, path).dtype)
+        for state, m, _, _ in self.chunks(state, data, path, chunk_size=chunk_size):
+            metrics = metrics + m
         return state, metrics
 
-    def cycle(self, state: RSOState, data, on_layer: Callable | None = None, **layer_kwargs):
+    def cycle(self, state: RSOState, data, chunk_size: int | None = None):
         """One cycle: every layer in order; then the cycle counter advances.
-
-        `on_layer(path, state, metrics)` is called after each layer's sweep.
 
         Returns:
           The new state and a list of (path, SweepMetrics).
         """
-        results = []
+        results, ctx = [], None
         for path in self.layers:
-            state, metrics = self.layer(state, data, path, **layer_kwargs)
+            metrics = SweepMetrics.zeros(get_leaf(state.params, path).dtype)
+            for state, m, _, ctx in self.chunks(state, data, path, chunk_size=chunk_size, ctx=ctx):
+                metrics = metrics + m
             results.append((path, metrics))
-            if on_layer is not None:
-                on_layer(path, state, metrics)
         return state.replace(cycle=state.cycle + 1), results
 
     def _sweep_impl(self, state: RSOState, ctx, start, stop, *, path: str):
@@ -273,34 +299,37 @@ class RSO:
         leaf = get_leaf(state.params, path)
         order = jnp.asarray(weight_order(leaf.shape, cfg.output_first))
         sigma = state.sigmas[path] * anneal(state.cycle, cfg.cycles, cfg.anneal_floor).astype(leaf.dtype)
-        layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), self.layers.index(path))
+        layer = self.layers.index(path)
+        layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), layer)
+        perm_N = block_permutation(state.data_key, state.cycle, self.blocks[layer], state.n_examples)
 
         def dw(i):  # keyed by the visit position: every granularity draws the same dw for a weight
             return draw_dw(cfg.perturbation, jax.random.fold_in(layer_key, i), sigma, leaf.dtype)
+
+        def batch(i):  # likewise the minibatch
+            return batch_at(perm_N, i, cfg.batch_size)
 
         def search(ctx, params, j, dw_j, idx_B):
             idx_B = shard_batch(idx_B, self.mesh)  # with a mesh: the batch is split over its devices
             return search_weight(self.evaluator, ctx, params, path, j, dw_j, idx_B, cfg.weight_decay)
 
         if cfg.granularity != "weight":
-            params, sampler, metrics = parallel_sweep(
-                functools.partial(search, ctx), state.params, path, order, dw, state.sampler, cfg.batch_size, cfg.granularity,
+            params, metrics = parallel_sweep(
+                functools.partial(search, ctx), state.params, path, order, dw, batch, cfg.granularity,
                 cfg.parallel_vmap, SweepMetrics.zeros(leaf.dtype),
             )
-            return state.replace(params=params, sampler=sampler), metrics
+            return state.replace(params=params), metrics
 
         def visit(i, carry):
-            params, ctx, sampler, metrics = carry
-            idx, sampler = next_batch(sampler, cfg.batch_size)
+            params, ctx, metrics = carry
             j = order[i]
             ctx = self.evaluator.refresh(ctx, params, path, j)
-            new, m = search(ctx, params, j, dw(i), idx)
-            params = with_weight(params, path, j, new)
-            return params, ctx, sampler, metrics + m
+            new, m = search(ctx, params, j, dw(i), batch(i))
+            return with_weight(params, path, j, new), ctx, metrics + m
 
-        carry = (state.params, ctx, state.sampler, SweepMetrics.zeros(leaf.dtype))
-        params, _, sampler, metrics = jax.lax.fori_loop(start, stop, visit, carry)
-        return state.replace(params=params, sampler=sampler), metrics
+        carry = (state.params, ctx, SweepMetrics.zeros(leaf.dtype))
+        params, _, metrics = jax.lax.fori_loop(start, stop, visit, carry)
+        return state.replace(params=params), metrics
 
 
 def search_weight(evaluator: Evaluator, ctx, params, path: str, j, dw, idx_B, weight_decay: float):

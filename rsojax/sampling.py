@@ -1,43 +1,28 @@
-"""Minibatches for RSO: a fresh batch per weight, taken in turn from shuffled passes.
+"""Minibatches for RSO: the reference code's stream, a pure function of (cycle, block, position).
 
-As in the reference code, consecutive batches are slices of a random permutation of the
-training set; when the rest of a pass is shorter than a batch, a new permutation starts.
-The whole state lives on device, so sampling costs no host round-trip per weight.
+Before each block of layers (a conv block: its kernel, BN beta and BN gamma; the dense head)
+the reference code shuffles the training set once and cuts it into n_B = N // B fixed
+batches; the weight at visit position i of a layer gets batch i mod n_B (its iterator wraps
+around without reshuffling), and each layer of the block starts again at batch 0. The
+examples past the last whole batch are not used in that block. (train.py: ShuffleIter,
+BasicIter.)
+
+Here the shuffle is keyed by (cycle, block): the stream has no state to carry, save or
+restore, any chunk of a sweep finds its batches from its positions alone, and the parallel
+schemes give a weight the batch it gets one weight at a time.
 """
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 
-@flax.struct.dataclass
-class SamplerState:
-    """Where the data stream stands: the current pass's order and position in it."""
-
-    perm: jax.Array  # int32[N], the current pass
-    pos: jax.Array  # int32, first unused position of `perm`
-    passes: jax.Array  # int32, passes started so far (keys the next permutation)
-    key: jax.Array
+def block_permutation(key: jax.Array, cycle, block, n: int) -> jax.Array:
+    """The shuffle of `n` examples before block `block` (an int, may be traced) of cycle `cycle`."""
+    return jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, cycle), block), n).astype(jnp.int32)
 
 
-def init_sampler(key: jax.Array, n: int) -> SamplerState:
-    """A stream over `n` examples, at the start of its first pass."""
-    perm = jax.random.permutation(jax.random.fold_in(key, 0), n).astype(jnp.int32)
-    return SamplerState(perm=perm, pos=jnp.int32(0), passes=jnp.int32(1), key=key)
-
-
-def next_batch(state: SamplerState, batch_size: int) -> tuple[jax.Array, SamplerState]:
-    """The indices of the next `batch_size` examples, and the advanced stream."""
-    n = state.perm.shape[0]
-    new_pass = state.pos + batch_size > n
-    perm = lax.cond(
-        new_pass,
-        lambda: jax.random.permutation(jax.random.fold_in(state.key, state.passes), n).astype(jnp.int32),
-        lambda: state.perm,
-    )
-    pos = jnp.where(new_pass, 0, state.pos)
-    idx = lax.dynamic_slice(perm, (pos,), (batch_size,))
-    return idx, SamplerState(
-        perm=perm, pos=pos + batch_size, passes=state.passes + new_pass, key=state.key
-    )
+def batch_at(perm_N: jax.Array, i, batch_size: int) -> jax.Array:
+    """The example indices of visit position `i`: batch i mod (N // batch_size) of the shuffle."""
+    n_batches = perm_N.shape[0] // batch_size
+    return lax.dynamic_slice(perm_N, ((i % n_batches) * batch_size,), (batch_size,))

@@ -2,8 +2,8 @@
 devices of every process.
 
 Each candidate evaluation is data-parallel over its minibatch: the sampled batch indices are
-constrained to be sharded along 'data' (`shard_batch`), while parameters, optimizer and
-sampler state and the training data are replicated (`replicate`). GSPMD then partitions the
+constrained to be sharded along 'data' (`shard_batch`), while parameters, optimizer state
+and the training data are replicated (`replicate`). GSPMD then partitions the
 forward passes of the three candidates over the devices and inserts the all-reduces of the
 BN batch statistics and of the summed loss, so every device takes the decision one device
 would take (up to the order of the floating-point sums). The same holds for an SGD step: the

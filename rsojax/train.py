@@ -20,8 +20,7 @@ import optax
 
 from rsojax.data import Dataset
 from rsojax.evaluation import accuracy
-from rsojax.evaluators import Cached, Evaluator
-from rsojax.incremental import Incremental
+from rsojax.evaluators import Evaluator, default_evaluator
 from rsojax.models import Sequential
 from rsojax.rso import RSO, RSOConfig, RSOState, SweepMetrics
 from rsojax.sharding import replicate
@@ -68,16 +67,15 @@ def params_sha256(params) -> str:
 def rso_trainer(
     model: Sequential, config: RSOConfig, evaluator: Evaluator | None = None, kernels_only: bool = False, mesh=None
 ) -> RSO:
-    """An `RSO` over `model.search_order()`; by default with the fastest exact evaluator
-    (`Incremental`; `Cached` for the parallel granularities, which search against the layer's
-    starting point)."""
+    """An `RSO` over `model.search_order()`; by default with the fastest exact evaluator that
+    supports the config's granularity (`rsojax.evaluators.default_evaluator`)."""
     if evaluator is None:
-        evaluator = Incremental(model) if config.granularity == "weight" else Cached(model)
+        evaluator = default_evaluator(model, config.granularity)
     return RSO(evaluator, model.search_order(kernels_only), config, mesh=mesh)
 
 
 def start_rso(rso: RSO, model: Sequential, data: Dataset, seed: int = 72, init_seed: int = 420) -> Step:
-    """The step before any work: fresh parameters, the sampler at the start of its stream."""
+    """The step before any work: fresh parameters from `init_seed`, the draws keyed by `seed`."""
     state = rso.init(init_params(model, init_seed), jax.random.key(seed), (data.x_train, data.y_train))
     metrics = SweepMetrics.zeros(jax.tree.leaves(state.params)[0].dtype)
     return Step(RSORun(state=state, layer=jnp.int32(0), weight=jnp.int32(0), partial=metrics), 0, 0.0)
@@ -106,16 +104,11 @@ def run_rso(
         layer = int(run.layer)
         path = rso.layers[layer]
         n = rso.n_weights(run.state, path)
-        tic = time.perf_counter()
         state, metrics, pos = run.state, run.partial, int(run.weight)
-        while pos < n:
-            stop = min(pos + rso.chunk(chunk_size, n), n)
-            # Prepared for each chunk's own state: a run resumed at a chunk boundary computes
-            # exactly what the uninterrupted run did.
-            ctx = rso.prepare(state, train, path, previous=ctx)
-            state, m = rso.sweep(state, ctx, path, pos, stop)
+        tic = time.perf_counter()
+        for state, m, stop, ctx in rso.chunks(state, train, path, pos, chunk_size, ctx):
             jax.block_until_ready(state.params)
-            metrics, pos, updates = metrics + m, stop, updates + stop - pos
+            metrics, updates, pos = metrics + m, updates + stop - pos, stop
             wall_time += time.perf_counter() - tic
             tic = time.perf_counter()
             if on_chunk is not None:
@@ -142,7 +135,7 @@ def _sweep_record(rso, model, data, state, layer, m: SweepMetrics, updates, wall
         "nonfinite": int(m.nonfinite),
         "batch_loss_before": float(m.loss_before) / per_example,
         "batch_loss_after": float(m.loss_after) / per_example,
-        "test_accuracy": accuracy(model, state.params, data.x_train, data.x_test, data.y_test),
+        "test_accuracy": accuracy(model, state.params, data.x_train, data.x_test, data.y_test, precision=rso.config.precision),
         "weight_updates": updates,
         "wall_time_s": wall_time,
     }
@@ -164,9 +157,12 @@ def run_sgd(
     seed: int = 72,
     init_seed: int = 420,
     mesh=None,
+    precision: str = "float32",
 ) -> Iterator[Step]:
     """Runs SGD from `start` (default: fresh parameters from `init_seed`) to `epochs` epochs,
-    yielding a step with a record per epoch; data-parallel over `mesh` if given."""
+    yielding a step with a record per epoch; data-parallel over `mesh` if given. Test
+    accuracy is computed at `precision` (`rsojax.precision`), as RSO's; the training steps
+    use JAX's default precision, as gradient training usually does."""
     from rsojax.sgd import make_epoch
 
     start = start or start_sgd(model, optimizer, init_seed)
@@ -190,7 +186,7 @@ def run_sgd(
             "epoch": epoch,
             "progress": epoch + 1,
             "train_loss": float(loss),
-            "test_accuracy": accuracy(model, params, data.x_train, data.x_test, data.y_test),
+            "test_accuracy": accuracy(model, params, data.x_train, data.x_test, data.y_test, precision=precision),
             "weight_updates": updates,
             "wall_time_s": wall_time,
         }

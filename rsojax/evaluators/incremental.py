@@ -41,7 +41,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from rsojax.evaluators import Cached, StageInputs, batch_major, channel_major, map_chunks, stage_inputs
+from rsojax.evaluators.cached import Cached
+from rsojax.evaluators.stage_inputs import (
+    CACHE_BATCH,
+    STATS_IMAGES,
+    StageInputs,
+    batch_major,
+    channel_major,
+    map_batches,
+    stage_inputs,
+)
 from rsojax.losses import summed_cross_entropy
 from rsojax.models import BatchNorm, ConvBlock, Sequential, stage_of
 
@@ -103,12 +112,14 @@ class Incremental:
     Args:
       model: a `rsojax.Sequential`; its ConvBlock stages are evaluated incrementally, other
         stages as `Cached` does.
-      chunk_size: examples per chunk when computing whole-training-set caches (BN of the
-        stages before the searched one uses each chunk's statistics, as in `Cached`).
+      cache_batch: examples per forward pass when computing whole-training-set caches (memory only).
+      stats_images: the caching pass's BN statistics come from this many first training images.
     """
 
     model: Sequential
-    chunk_size: int = 2000
+    cache_batch: int = CACHE_BATCH
+    stats_images: int = STATS_IMAGES
+    parallel_safe = False  # its conv cache follows the kernel one weight at a time (`refresh`)
 
     def __post_init__(self):
         if not isinstance(self.model, Sequential):
@@ -120,7 +131,7 @@ class Incremental:
 
     @property
     def _cached(self) -> Cached:
-        return Cached(self.model, self.chunk_size)
+        return Cached(self.model, self.cache_batch, self.stats_images)
 
     def _stage(self, path: str):
         d = stage_of(path)
@@ -132,7 +143,7 @@ class Incremental:
 
     def prepare(self, params, path, data, previous=None):
         d, stage, _ = self._stage(path)
-        inputs = stage_inputs(self.model, params, data, d, self.chunk_size, previous)
+        inputs = stage_inputs(self.model, params, data, d, self.cache_batch, self.stats_images, previous)
         if stage is None:
             return inputs
         kernel = params[f"stages_{d}"]["Conv_0"]["kernel"]
@@ -144,7 +155,7 @@ class Incremental:
         ):  # BN gamma after BN beta: the conv is unchanged (the same arrays, so the same bits)
             p = previous.p_OxNxHxW
         else:
-            p = _conv_output(stage, inputs.h_S[d], kernel, self.chunk_size)
+            p = _conv_output(stage, inputs.h_S[d], kernel, self.cache_batch)
         no_pair = jnp.full((2,), -1, jnp.int32)
         taps = jnp.zeros((3, 3), kernel.dtype)
         return ConvContext(inputs=inputs, kernel=kernel, p_OxNxHxW=p, pair=no_pair, taps=taps, stage=d)
@@ -163,7 +174,7 @@ class Incremental:
             old_co, old_ci = ctx.pair
             dtaps = kernel[:, :, old_ci, old_co] - ctx.taps
             x = self._input(stage, ctx.inputs.h_S[d][old_ci])
-            dp = map_chunks(lambda xc: stage_pool(stage, conv3x3_single(xc, dtaps[..., None])[..., 0]), x, self.chunk_size)
+            dp = map_batches(lambda xc: stage_pool(stage, conv3x3_single(xc, dtaps[..., None])[..., 0]), x, self.cache_batch)
             return lax.dynamic_update_index_in_dim(p_OxNxHxW, p_OxNxHxW[old_co] + dp, old_co, axis=0)
 
         moved = jnp.any(pair != ctx.pair)
@@ -232,14 +243,14 @@ def channel_rows(h_CxNx: jax.Array, c, idx_B: jax.Array) -> jax.Array:
     return h_CxNx.reshape(-1, *h_CxNx.shape[2:])[c * h_CxNx.shape[1] + idx_B]
 
 
-@functools.partial(jax.jit, static_argnames=("stage", "chunk_size"))
-def _conv_output(stage: ConvBlock, h_IxNxHxW: jax.Array, kernel: jax.Array, chunk_size: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("stage", "cache_batch"))
+def _conv_output(stage: ConvBlock, h_IxNxHxW: jax.Array, kernel: jax.Array, cache_batch: int) -> jax.Array:
     """pool(conv(x, kernel)) over the training set, channel-major (O, N, H', W')."""
     relu = nn.relu if stage.relu_in else (lambda a: a)
 
-    def conv(h_chunk):  # (chunk, I, H, W)
-        x = relu(jnp.moveaxis(h_chunk, 1, -1))
+    def conv(h_pass):  # (pass, I, H, W)
+        x = relu(jnp.moveaxis(h_pass, 1, -1))
         y = conv3x3_single(x[..., 0], kernel[:, :, 0]) if x.shape[-1] == 1 else conv3x3(x, kernel)
         return stage_pool(stage, y)
 
-    return channel_major(map_chunks(conv, jnp.moveaxis(h_IxNxHxW, 0, 1), chunk_size))
+    return channel_major(map_batches(conv, jnp.moveaxis(h_IxNxHxW, 0, 1), cache_batch))

@@ -1,0 +1,61 @@
+"""The evaluator protocol: how RSO computes the three candidate losses of one weight.
+
+An evaluator is the only part of the engine that knows how a loss is computed; sampling,
+ordering and acceptance live in `rsojax.rso` and do not change with it. It has three parts:
+
+- `prepare(params, path, data, previous=None) -> ctx`: before a layer, or a chunk of one, is
+  swept (for example, cache the activations entering the layer over the whole training set).
+  `previous` is the context prepared before, which it may reuse where still valid; the
+  result must not depend on whether it did (resumed runs prepare from scratch).
+- `refresh(ctx, params, path, j) -> ctx`: make `ctx` valid for evaluating weight `j`
+  (row-major flat index) of the layer `path` under `params`; called before every `losses`.
+- `losses(ctx, params, path, j, values_3, idx_B) -> losses_3`: the loss on the examples
+  `idx_B` with weight `j` set to each of the three candidate values, in one batched call.
+
+and two attributes: `example_shape` (the shape of one input, checked before work starts; None:
+any) and `parallel_safe` (the context prepared for a layer serves every weight of it without
+`refresh`, which the parallel granularities of `rsojax.parallel` need).
+"""
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jax
+
+from rsojax.layer_order import get_leaf, set_leaf
+from rsojax.losses import summed_cross_entropy
+
+
+class Evaluator(Protocol):
+    example_shape: tuple[int, ...] | None
+    parallel_safe: bool
+
+    def prepare(self, params, path: str, data, previous=None) -> Any: ...
+
+    def refresh(self, ctx, params, path: str, j) -> Any: ...
+
+    def losses(self, ctx, params, path: str, j, values_3, idx_B) -> jax.Array: ...
+
+
+def with_weight(params, path: str, j, value):
+    """`params` with element `j` (row-major flat index) of the array at `path` set to `value`."""
+    leaf = get_leaf(params, path)
+    return set_leaf(params, path, leaf.ravel().at[j].set(value).reshape(leaf.shape))
+
+
+def candidate_losses(loss_fn: Callable, params, path: str, j, values_3, batch) -> jax.Array:
+    """`loss_fn` on `batch` for each of the three values of weight `j`, as one vmapped call."""
+    return jax.vmap(lambda v: loss_fn(with_weight(params, path, j, v), batch))(values_3)
+
+
+def sequential_loss(model, start: int = 0) -> Callable:
+    """`loss(params, (h, y))` in search mode (BN with the batch's statistics) of a Sequential
+    model run from the input `h` of stage `start`; of any model called as `model(x, train)`
+    (such as `ResidualNet`) with `start=0`."""
+    stages = {"start": start} if start else {}
+
+    def loss(params, batch):
+        h, y = batch
+        return summed_cross_entropy(model.apply({"params": params}, h, train=True, **stages), y)
+
+    return loss

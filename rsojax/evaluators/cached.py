@@ -1,0 +1,48 @@
+"""`Cached`: candidates run only the stages from the searched layer's on (the reference's speed-up)."""
+
+import dataclasses
+
+from rsojax.evaluators.base import candidate_losses, sequential_loss
+from rsojax.evaluators.stage_inputs import CACHE_BATCH, STATS_IMAGES, batch_major, stage_inputs
+from rsojax.models import Sequential, stage_of
+
+
+@dataclasses.dataclass(frozen=True)
+class Cached:
+    """A Sequential model run from the cached input of the searched layer's stage.
+
+    The input of that stage over the whole training set is computed once per cycle by the
+    reference code's caching pass (`rsojax.evaluators.stage_inputs`) and does not change while
+    the layer is searched; each candidate runs the stages from there on the weight's batch,
+    BN with the batch's statistics.
+
+    Args:
+      model: a `rsojax.Sequential`.
+      cache_batch: examples per forward pass of the caching pass (memory only).
+      stats_images: the caching pass's BN statistics come from this many first training images.
+    """
+
+    model: Sequential
+    cache_batch: int = CACHE_BATCH
+    stats_images: int = STATS_IMAGES
+    parallel_safe = True
+
+    def __post_init__(self):
+        if not isinstance(self.model, Sequential):
+            raise ValueError(f"model: {type(self).__name__} needs a rsojax.Sequential model, got {type(self.model).__name__}")
+
+    @property
+    def example_shape(self):
+        return tuple(self.model.input_shape)
+
+    def prepare(self, params, path, data, previous=None):
+        return stage_inputs(self.model, params, data, stage_of(path), self.cache_batch, self.stats_images, previous)
+
+    def refresh(self, ctx, params, path, j):
+        del params, path, j
+        return ctx
+
+    def losses(self, ctx, params, path, j, values_3, idx_B):
+        d = stage_of(path)
+        batch = (batch_major(ctx.h_S[d], idx_B), ctx.y_N[idx_B])
+        return candidate_losses(sequential_loss(self.model, start=d), params, path, j, values_3, batch)
