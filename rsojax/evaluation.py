@@ -1,7 +1,8 @@
 """Test accuracy as the RSO reference code measures it.
 
 BN statistics are taken from the first `stats_images` (2000) training images in batch mode,
-then the test set runs with those statistics (`train=False`), in chunks of `chunk_size`.
+then the test set runs with those statistics (`train=False`), in chunks of `chunk_size`, at
+the precision `precision` (`rsojax.precision`: full float32 by default on every backend).
 """
 
 import functools
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from rsojax.models import Sequential
+from rsojax.precision import precision_scope
 
 
 def bn_statistics(model: Sequential, params, x_stats) -> dict:
@@ -35,11 +37,25 @@ def _correct(model, params, x_train, x_test, y_test, stats_images, chunk_size):
     return correct
 
 
-def accuracy(
-    model: Sequential, params, x_train, x_test, y_test, stats_images: int = 2000, chunk_size: int = 2000
-) -> float:
-    """Test accuracy with BN statistics of the first `stats_images` training images."""
+def _at_precision(fn, model, params, x_train, x_test, y_test, stats_images, chunk_size, precision):
+    """`fn` (`_correct` or `_correct.lower`) on validated arguments, traced at `precision`."""
     if x_test.shape[0] != y_test.shape[0]:
         raise ValueError(f"x_test, y_test: {x_test.shape[0]} images but {y_test.shape[0]} labels")
-    correct = _correct(model, params, x_train, x_test, y_test, stats_images, min(chunk_size, x_test.shape[0]))
+    with precision_scope(precision):
+        return fn(model, params, x_train, x_test, y_test, stats_images, min(chunk_size, x_test.shape[0]))
+
+
+def accuracy(
+    model: Sequential, params, x_train, x_test, y_test, stats_images=2000, chunk_size=2000, precision="float32"
+) -> float:
+    """Test accuracy with BN statistics of the first `stats_images` training images, with
+    convolutions and matrix products at `precision` (a name of `rsojax.precision.PRECISIONS`)."""
+    correct = _at_precision(_correct, model, params, x_train, x_test, y_test, stats_images, chunk_size, precision)
     return float(correct) / x_test.shape[0]
+
+
+def lower_accuracy(
+    model: Sequential, params, x_train, x_test, y_test, stats_images=2000, chunk_size=2000, precision="float32"
+) -> jax.stages.Lowered:
+    """The compiled part of `accuracy` with the same arguments, lowered as it runs (to inspect its HLO)."""
+    return _at_precision(_correct.lower, model, params, x_train, x_test, y_test, stats_images, chunk_size, precision)

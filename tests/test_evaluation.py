@@ -7,7 +7,7 @@ from conftest import init_params, random_data
 import rsojax
 
 
-def literal_accuracy(model, params, x_train, x_test, y_test, stats_images):
+def literal_predictions(model, params, x_train, x_test, stats_images, global_pool):
     """BN statistics of each layer from the first training images, then evaluation mode."""
     h_train, h_test = x_train[:stats_images], x_test
     for i, stage in enumerate(model.stages[:-1]):
@@ -22,22 +22,29 @@ def literal_accuracy(model, params, x_train, x_test, y_test, stats_images):
             pre.append(np.asarray(h))
         mean, var = pre[0].mean(axis=(0, 1, 2)), pre[0].var(axis=(0, 1, 2))
         bn = p["BatchNorm_0"]
-        h_train, h_test = ((h - mean) / np.sqrt(var + 1e-3) * np.asarray(bn["scale"]) + np.asarray(bn["bias"]) for h in pre)
-    logits = h_test.mean(axis=(1, 2)) @ np.asarray(params[f"stages_{len(model.stages) - 1}"]["Dense_0"]["kernel"])
-    return float(np.mean(logits.argmax(-1) == np.asarray(y_test)))
+        scale, bias = np.asarray(bn["scale"]), np.asarray(bn["bias"])
+        h_train, h_test = ((h - mean) / np.sqrt(var + 1e-3) * scale + bias for h in pre)
+    pooled = h_test.max(axis=(1, 2)) if global_pool == "max" else h_test.mean(axis=(1, 2))
+    return (pooled @ np.asarray(params[f"stages_{len(model.stages) - 1}"]["Dense_0"]["kernel"])).argmax(-1)
 
 
-@pytest.mark.parametrize("stats_images", [7, 30])
-def test_accuracy_uses_bn_statistics_of_first_training_images(small_convnet, stats_images):
-    model, params, (x, y) = small_convnet
+@pytest.mark.parametrize("stats_images, global_pool", [(7, "max"), (30, "max"), (30, "avg")])
+def test_accuracy_uses_bn_statistics_of_first_training_images(stats_images, global_pool):
+    model = rsojax.mnist_convnet(channels=3, global_pool=global_pool)
+    x, _ = random_data(48, model.input_shape)
+    params = init_params(model, x)
     # make BN matter: a scale and shift that differ per channel
+    rng = np.random.default_rng(0)
     params = jax.tree_util.tree_map_with_path(
-        lambda path, a: a * 1.7 + 0.3 if "BatchNorm" in jax.tree_util.keystr(path) else a, params
+        lambda path, a: a + rng.normal(0.3, 0.7, a.shape) if "BatchNorm" in jax.tree_util.keystr(path) else a, params
     )
-    x_test, y_test = random_data(23, model.input_shape, key=5)
-    expected = literal_accuracy(model, params, x, x_test, y_test, stats_images)
-    got = rsojax.accuracy(model, params, x, x_test, y_test, stats_images=stats_images, chunk_size=10)
-    assert got == pytest.approx(expected, abs=1e-12)
+    x_test, _ = random_data(23, model.input_shape, key=5)
+    preds = literal_predictions(model, params, x, x_test, stats_images, global_pool)
+    other_pool = "avg" if global_pool == "max" else "max"
+    assert np.any(preds != literal_predictions(model, params, x, x_test, stats_images, other_pool))  # the pool matters
+    y_test = np.where(np.arange(23) % 3 == 0, (preds + 1) % 10, preds)  # every third one wrong: 15 of 23 right
+    got = rsojax.accuracy(model, params, x, x_test, jnp.asarray(y_test), stats_images=stats_images, chunk_size=10)
+    assert got == pytest.approx(15 / 23, abs=1e-12)
 
 
 def test_accuracy_counts_correct_predictions():

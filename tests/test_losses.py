@@ -61,7 +61,8 @@ def test_compensation_survives_jit_and_vmap():
     exact = 2000 * d
     assert float(compensated_sum(x)) == exact
     assert float(jax.jit(compensated_sum)(x)) == exact
-    assert np.all(np.asarray(jax.jit(jax.vmap(compensated_sum))(jnp.stack([x, -x, 2 * x]))) == [exact, -exact, 2 * exact])
+    got = jax.jit(jax.vmap(compensated_sum))(jnp.stack([x, -x, 2 * x]))
+    assert np.all(np.asarray(got) == [exact, -exact, 2 * exact])
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1001])
