@@ -7,6 +7,10 @@ MNIST shape (no dataset needed): the cost does not depend on the values.
     python experiments/benchmark.py --mode incremental --batch_size 512 --weights_per_layer 64 \
         --out incremental_512.json
 
+--precision sets the precision of convolutions and matrix products (`rsojax.precision`): full
+float32 by default, `default` for the backend's own (TF32 on NVIDIA GPUs; CPUs compute float32
+either way). --global_pool picks the network's global pool (max, as the reference code).
+
 --devices N splits each minibatch over N devices (`rsojax.sharding`); on a CPU, N devices are
 made from its cores (`jax_num_cpu_devices`), so compare N = 1, 2, ... on the same machine.
 """
@@ -23,17 +27,9 @@ import jax.numpy as jnp
 
 import rsojax
 from rsojax import sharding
-from rsojax.models import ConvBlock, PoolHead
-
-MODES = ("cached", "incremental", "generic")
-
-
-def evaluator_for(mode: str, model):
-    if mode == "cached":
-        return rsojax.Cached(model)
-    if mode == "incremental":
-        return rsojax.Incremental(model)
-    return rsojax.Generic(rsojax.sequential_loss(model), model.input_shape)
+from rsojax.evaluators import EVALUATORS
+from rsojax.models import GLOBAL_POOLS, ConvBlock, PoolHead
+from rsojax.precision import PRECISIONS
 
 
 # --- Arithmetic per cycle, counted analytically --------------------------------------------
@@ -114,15 +110,14 @@ def timed(fn, *args, **kwargs):
 
 
 def run(args) -> dict:
-    model = rsojax.mnist_convnet()
+    model = rsojax.mnist_convnet(global_pool=args.global_pool)
     kx, ky, kp = jax.random.split(jax.random.key(args.seed), 3)
     x = jax.random.normal(kx, (args.train_size, *model.input_shape), jnp.float32)
     y = jax.random.randint(ky, (args.train_size,), 0, 10)
     params = model.init(kp, x[:2], train=True)["params"]
     mesh = sharding.make_mesh(args.devices)
-    rso = rsojax.RSO(
-        evaluator_for(args.mode, model), model.search_order(), rsojax.RSOConfig(batch_size=args.batch_size), mesh=mesh
-    )
+    config = rsojax.RSOConfig(batch_size=args.batch_size, precision=args.precision)
+    rso = rsojax.RSO(EVALUATORS[args.mode](model), model.search_order(), config, mesh=mesh)
     state = rso.init(params, jax.random.key(args.seed), (x, y))
     f = stage_flops(model)
     load_before = os.getloadavg()
@@ -180,6 +175,8 @@ def run(args) -> dict:
     cycle_seconds = inputs_s + sum(r["layer_seconds"] for r in per_layer)
     return {
         "mode": args.mode,
+        "precision": args.precision,
+        "global_pool": args.global_pool,
         "batch_size": args.batch_size,
         "train_size": args.train_size,
         "weights_per_layer": args.weights_per_layer,
@@ -205,7 +202,10 @@ def main():
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--weights_per_layer", type=int, default=64, metavar="K",
                         help="time K weights per layer and extrapolate; 0 = the full layer")
-    parser.add_argument("--mode", choices=MODES, default="incremental", help="the evaluation path")
+    parser.add_argument("--mode", choices=list(EVALUATORS), default="incremental", help="the evaluation path")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="float32",
+                        help="of convolutions and matrix products (RSOConfig.precision)")
+    parser.add_argument("--global_pool", choices=GLOBAL_POOLS, default="max", help="the network's global pool")
     parser.add_argument("--out", default=None, metavar="FILE.json")
     parser.add_argument("--train_size", type=int, default=60000)
     parser.add_argument("--chunk_size", type=int, default=576, help="weights per compiled sweep call (as experiments/mnist.py)")
@@ -215,8 +215,8 @@ def main():
     if args.devices > 1:  # on a CPU backend, as many devices as asked (no effect on GPUs and TPUs)
         jax.config.update("jax_num_cpu_devices", args.devices)
     print(
-        f"mode={args.mode} batch_size={args.batch_size} train_size={args.train_size} K={args.weights_per_layer}"
-        f" devices={args.devices}"
+        f"mode={args.mode} precision={args.precision} global_pool={args.global_pool} batch_size={args.batch_size}"
+        f" train_size={args.train_size} K={args.weights_per_layer} devices={args.devices}"
     )
     print(f"{'layer':28s} {'n':>6s} {'timed':>5s} {'weights/s':>10s} {'prepare s':>9s} {'layer s':>10s} {'GFLOP/s':>8s}")
     result = run(args)
