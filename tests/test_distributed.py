@@ -50,11 +50,7 @@ def problem(case):
 
 def rso_run(case, mesh):
     model, params, data = problem(case)
-    evaluator = {
-        "generic": lambda: rsojax.Generic(rsojax.sequential_loss(model), model.input_shape),
-        "cached": lambda: rsojax.Cached(model, chunk_size=24),
-        "incremental": lambda: rsojax.Incremental(model, chunk_size=24),
-    }[case["evaluator"]]()
+    evaluator = rsojax.EVALUATORS[case["evaluator"]](model)
     rso = rsojax.RSO(evaluator, case["layers"], rsojax.RSOConfig(batch_size=16, cycles=2), mesh=mesh)
     state = rso.init(params, jax.random.key(72), data)
     accepted = []
@@ -66,7 +62,7 @@ def rso_run(case, mesh):
     if case.get("hlo") and mesh is not None and mesh.size == 2:
         path = rso.layers[0]
         ctx = rso.prepare(state, data, path)
-        hlo = rso._sweep.lower(state, ctx, jnp.int32(0), jnp.int32(1), path=path).compile().as_text()
+        hlo = rso.lower(state, ctx, path, 0, 1).compile().as_text()
         out["all_reduce"] = "all-reduce" in hlo
         out["shards_batch"] = f"[{16 // mesh.size},5]" in hlo
     return out

@@ -1,4 +1,7 @@
-"""`Incremental` against `Cached`: same losses, same decisions, consistent caches."""
+"""`Incremental` against `Cached`: the same decisions in float32, consistent caches.
+
+(Its float64 decisions over a cycle are compared with every other evaluator in
+`test_evaluators.py`.)"""
 
 import functools
 
@@ -9,8 +12,8 @@ import pytest
 from conftest import init_params, random_data
 
 import rsojax
-from rsojax.incremental import Incremental
-from rsojax.sampling import next_batch
+from rsojax.evaluators import Incremental
+from rsojax.sampling import batch_at, block_permutation
 from rsojax.schedule import anneal
 
 
@@ -38,23 +41,6 @@ def make_rso(evaluator, layers, batch_size=32):
     return rsojax.RSO(evaluator, layers, rsojax.RSOConfig(batch_size=batch_size, cycles=2))
 
 
-def test_float64_cycle_identical_to_cached():
-    model, params, data = small_net()
-    runs = []
-    for evaluator in (rsojax.Cached(model, 24), Incremental(model, 24)):
-        rso = make_rso(evaluator, LAYERS)
-        state = rso.init(params, jax.random.key(7), data)
-        whole, metrics = rso.cycle(state, data)
-        # Chunks of 50 weights: each sweep call starts from the prepared cache and catches up.
-        chunked, _ = rso.cycle(state, data, chunk_size=50)
-        runs.append((whole.params, chunked.params, [int(m.accepted) for _, m in metrics]))
-    (p_cached, _, acc_cached), (p_inc, p_inc_chunked, acc_inc) = runs
-    assert acc_inc == acc_cached and min(acc_cached) > 0
-    for a, b, c in zip(*map(jax.tree.leaves, (p_cached, p_inc, p_inc_chunked))):
-        np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
-        np.testing.assert_allclose(c, a, rtol=0, atol=1e-10)
-
-
 def test_float32_decisions_agree_with_cached():
     """Both evaluators decide every weight from the same state and the same draws (the engine's)."""
     model, params, data = small_net(dtype=jnp.float32)
@@ -64,9 +50,9 @@ def test_float32_decisions_agree_with_cached():
     cfg = rso.config
 
     @functools.partial(jax.jit, static_argnames="path")
-    def decide(params, ctx_c, ctx_i, sampler, layer_key, sigma, i, path):
+    def decide(params, ctx_c, ctx_i, perm_N, layer_key, sigma, i, path):
         leaf = rsojax.get_leaf(params, path)
-        idx_B, sampler = next_batch(sampler, cfg.batch_size)
+        idx_B = batch_at(perm_N, i, cfg.batch_size)
         j = jnp.asarray(rsojax.weight_order(leaf.shape))[i]
         flat = leaf.ravel()
         dw = sigma * jax.random.normal(jax.random.fold_in(layer_key, i), (), leaf.dtype)
@@ -77,15 +63,16 @@ def test_float32_decisions_agree_with_cached():
         choice_i = rsojax.choose(incremental.losses(ctx_i, params, path, j, values_3, idx_B))
         new = values_3[choice_c]
         params = rsojax.set_leaf(params, path, flat.at[j].set(new).reshape(leaf.shape))
-        return params, ctx_i, sampler, choice_c == choice_i
+        return params, ctx_i, choice_c == choice_i
 
-    params, sampler, agree = state.params, state.sampler, []
-    for path in rso.layers:
+    params, agree = state.params, []
+    for layer, path in enumerate(rso.layers):
         sigma = state.sigmas[path] * anneal(state.cycle, cfg.cycles, cfg.anneal_floor).astype(jnp.float32)
-        layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), rso.layers.index(path))
+        layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), layer)
+        perm_N = block_permutation(state.data_key, state.cycle, rso.blocks[layer], state.n_examples)
         ctx_c, ctx_i = cached.prepare(params, path, data), incremental.prepare(params, path, data)
         for i in range(rsojax.get_leaf(params, path).size):
-            params, ctx_i, sampler, same = decide(params, ctx_c, ctx_i, sampler, layer_key, sigma, i, path)
+            params, ctx_i, same = decide(params, ctx_c, ctx_i, perm_N, layer_key, sigma, i, path)
             agree.append(bool(same))
     assert len(agree) == 40 + 144 + 144 + 36
     assert sum(agree) >= 0.999 * len(agree), (sum(agree), len(agree))

@@ -69,3 +69,18 @@ def test_batchnorm_matches_literal_formula():
 def test_stage_of_rejects_foreign_paths():
     with pytest.raises(ValueError, match="layers"):
         stage_of("Dense_0/kernel")
+
+
+@pytest.mark.parametrize("global_pool, reduce", [("max", np.max), ("avg", np.mean)])
+def test_head_ends_in_the_global_pool_of_the_reference_code(small_convnet, global_pool, reduce):
+    """Max by default (MXNet's `Pooling(global_pool=True)` without a pool_type), avg as an option."""
+    _, params, (x, _) = small_convnet
+    model = rsojax.mnist_convnet(channels=3, global_pool=global_pool)
+    h = np.asarray(model.apply({"params": params}, x, stop=6))
+    expected = reduce(h, axis=(1, 2)) @ np.asarray(params["stages_6"]["Dense_0"]["kernel"])
+    np.testing.assert_allclose(model.apply({"params": params}, x), expected, rtol=1e-12, atol=1e-12)
+    assert rsojax.mnist_convnet().stages[-1].global_pool == "max" == rsojax.cifar10_resnet().global_pool
+    with pytest.raises(ValueError, match=r"global_pool: expected one of \['max', 'avg'\], got 'mean'"):
+        rsojax.mnist_convnet(global_pool="mean")
+    with pytest.raises(ValueError, match="global_pool"):
+        rsojax.cifar10_resnet(global_pool="sum")

@@ -1,27 +1,25 @@
+"""The reference code's minibatch stream (`rsojax.sampling`)."""
+
 import jax
 import numpy as np
 
-from rsojax.sampling import init_sampler, next_batch
+from rsojax.sampling import batch_at, block_permutation
 
 
-def test_batches_are_disjoint_within_a_pass_and_a_new_pass_starts():
-    state = init_sampler(jax.random.key(0), 10)
-    first_pass = state.perm
-    a, state = next_batch(state, 4)
-    b, state = next_batch(state, 4)
-    assert len(set(np.asarray(a)) | set(np.asarray(b))) == 8
-    np.testing.assert_array_equal(np.concatenate([a, b]), first_pass[:8])
-    c, state = next_batch(state, 4)  # only 2 left: a new permutation starts
-    assert int(state.passes) == 2 and int(state.pos) == 4
-    assert not np.array_equal(state.perm, first_pass)
-    np.testing.assert_array_equal(c, state.perm[:4])
+def test_fixed_batches_of_one_shuffle_wrap_around():
+    perm = block_permutation(jax.random.key(0), 3, 1, 10)
+    assert sorted(np.asarray(perm).tolist()) == list(range(10))
+    batches = [np.asarray(batch_at(perm, i, 4)).tolist() for i in range(5)]
+    # 10 // 4 = 2 fixed batches: positions 0, 2, 4 take the first, 1 and 3 the second; the
+    # last 2 examples of the shuffle are not used.
+    assert batches[0] == batches[2] == batches[4] == np.asarray(perm[:4]).tolist()
+    assert batches[1] == batches[3] == np.asarray(perm[4:8]).tolist()
 
 
-def test_same_key_same_stream():
-    s1, s2 = init_sampler(jax.random.key(5), 100), init_sampler(jax.random.key(5), 100)
-    for _ in range(30):
-        i1, s1 = next_batch(s1, 33)
-        i2, s2 = next_batch(s2, 33)
-        np.testing.assert_array_equal(i1, i2)
-    i3, _ = next_batch(init_sampler(jax.random.key(6), 100), 33)
-    assert not np.array_equal(next_batch(init_sampler(jax.random.key(5), 100), 33)[0], i3)
+def test_shuffle_is_keyed_by_cycle_and_block():
+    key = jax.random.key(5)
+    same = block_permutation(key, 2, 7, 100), block_permutation(key, 2, 7, 100)
+    np.testing.assert_array_equal(*same)
+    for other in (block_permutation(key, 3, 7, 100), block_permutation(key, 2, 8, 100),
+                  block_permutation(jax.random.key(6), 2, 7, 100)):
+        assert not np.array_equal(same[0], other)

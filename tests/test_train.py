@@ -9,8 +9,7 @@ from rsojax.data import preprocess
 from rsojax.train import params_sha256, run_rso, run_sgd
 
 
-@pytest.fixture
-def tiny_mnist():
+def make_tiny_mnist():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 10, 64)
     # images that carry their label, so that training has something to learn
@@ -19,12 +18,25 @@ def tiny_mnist():
     return preprocess(x, y, x[:32], y[:32])
 
 
-def test_run_rso_records_every_layer_sweep(tiny_mnist):
+@pytest.fixture
+def tiny_mnist():
+    return make_tiny_mnist()
+
+
+@pytest.fixture(scope="module")
+def rso_run():
+    """Two cycles of a 2-channel MNIST network in chunks of 7 weights, every step kept."""
+    data = make_tiny_mnist()
     model = rsojax.mnist_convnet(channels=2)
-    config = rsojax.RSOConfig(batch_size=16, cycles=2)
+    rso = rsojax.rso_trainer(model, rsojax.RSOConfig(batch_size=16, cycles=2))
     chunks = []
-    rso = rsojax.rso_trainer(model, config)
-    steps = list(run_rso(rso, model, tiny_mnist, chunk_size=10, on_chunk=lambda d, t: chunks.append((d, t))))
+    steps = list(run_rso(rso, model, data, chunk_size=7, on_chunk=lambda d, t: chunks.append((d, t))))
+    return data, model, rso, steps, chunks
+
+
+def test_run_rso_records_every_layer_sweep(rso_run):
+    _, model, rso, steps, chunks = rso_run
+    assert isinstance(rso.evaluator, rsojax.Incremental)  # the default: the fastest exact evaluator
     records = [s.record for s in steps if s.record is not None]
     layers = model.search_order()
     assert [r["layer"] for r in records] == layers * 2
@@ -32,8 +44,9 @@ def test_run_rso_records_every_layer_sweep(tiny_mnist):
     assert records[-1]["weight_updates"] == 2 * sum(r["n_weights"] for r in records[: len(layers)])
     assert all(r["batch_loss_after"] <= r["batch_loss_before"] for r in records)
     assert all(b["wall_time_s"] > a["wall_time_s"] for a, b in zip(records, records[1:]))
-    assert (10, 36) in chunks and (36, 36) in chunks  # conv kernel 3x3x2x2 in chunks of 10
-    assert 0.0 <= records[-1]["test_accuracy"] <= 1.0
+    assert (7, 36) in chunks and (35, 36) in chunks and (36, 36) in chunks  # conv kernel 3x3x2x2 in chunks of 7
+    # The images carry their label: two cycles learn something (chance is 10%).
+    assert records[-1]["test_accuracy"] > 0.2
 
 
 def test_run_sgd_learns(tiny_mnist):
@@ -53,13 +66,11 @@ def test_params_sha256_is_a_function_of_the_values():
     assert params_sha256(p) != params_sha256({**p, "b": jnp.array([1.0, 1.0, 1.0000001], jnp.float32)})
 
 
-def test_resuming_from_any_step_ends_identically(tiny_mnist):
-    model = rsojax.mnist_convnet(channels=2)
-    rso = rsojax.rso_trainer(model, rsojax.RSOConfig(batch_size=16, cycles=2))
-    steps = list(run_rso(rso, model, tiny_mnist, chunk_size=7))
+def test_resuming_from_any_step_ends_identically(rso_run):
+    data, model, rso, steps, _ = rso_run
     final = steps[-1].run.state.params
     for k in (5, 23, len(steps) // 2 + 1):  # mid-layer, and later on
-        resumed = list(run_rso(rso, model, tiny_mnist, steps[k], chunk_size=7))
+        resumed = list(run_rso(rso, model, data, steps[k], chunk_size=7))
         assert params_sha256(resumed[-1].run.state.params) == params_sha256(final)
         ours = [{**s.record, "wall_time_s": 0} for s in resumed if s.record]
         theirs = [{**s.record, "wall_time_s": 0} for s in steps[k + 1 :] if s.record]

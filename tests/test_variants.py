@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_rso import make_rso, reference_sweep
+from test_rso import make_rso, reference_loss, reference_sweep
 
 import rsojax
 from rsojax.parallel import threads
@@ -42,14 +42,12 @@ def test_perturbation_changes_only_dw(kind, small_mlp):
     path = "stages_0/Dense_0/kernel"
     rso = make_rso(model, "generic", 8, cycles=3, perturbation=kind)
     state = rso.init(params, jax.random.key(72), data).replace(cycle=jnp.int32(1))
-    expected_leaf, choices = reference_sweep(rsojax.sequential_loss(model), rso, state, data, path, unit=unit_draw(kind))
+    expected_leaf, choices = reference_sweep(reference_loss(model, path, data[0]), rso, state, data, path, unit=unit_draw(kind))
     new, metrics = rso.layer(state, data, path)
     np.testing.assert_allclose(rsojax.get_leaf(new.params, path), expected_leaf, rtol=0, atol=1e-10)
     assert int(metrics.accepted) == sum(c > 0 for c in choices) > 0
-    # Against the default (normal) run: the same batches, the other layers untouched.
+    # Against the default (normal) run: another search, the other layers untouched.
     normal, _ = make_rso(model, "generic", 8, cycles=3).layer(state, data, path)
-    np.testing.assert_array_equal(new.sampler.perm, normal.sampler.perm)
-    assert int(new.sampler.pos) == int(normal.sampler.pos)
     assert not np.array_equal(rsojax.get_leaf(new.params, path), rsojax.get_leaf(normal.params, path))
     for other in model.layer_paths():
         if other != path:
@@ -74,7 +72,7 @@ def test_input_first_order_matches_reference(small_convnet):
     path = "stages_1/Conv_0/kernel"
     rso = make_rso(model, "generic", 8, cycles=3, output_first=False)
     state = rso.init(params, jax.random.key(72), data).replace(cycle=jnp.int32(1))
-    expected_leaf, choices = reference_sweep(rsojax.sequential_loss(model), rso, state, data, path)
+    expected_leaf, choices = reference_sweep(reference_loss(model, path, data[0]), rso, state, data, path)
     new, metrics = rso.layer(state, data, path)
     np.testing.assert_allclose(rsojax.get_leaf(new.params, path), expected_leaf, rtol=0, atol=1e-10)
     assert int(metrics.accepted) == sum(c > 0 for c in choices) > 0
@@ -97,7 +95,7 @@ def test_parallel_scheme_matches_literal_reference(granularity, model_name, eval
     state = rso.init(params, jax.random.key(72), data).replace(cycle=jnp.int32(1))
     shape = rsojax.get_leaf(params, path).shape
     expected_leaf, choices = reference_sweep(
-        rsojax.sequential_loss(model), rso, state, data, path, threads=literal_threads(shape, granularity)
+        reference_loss(model, path, data[0]), rso, state, data, path, threads=literal_threads(shape, granularity)
     )
     new, metrics = rso.layer(state, data, path)
     np.testing.assert_allclose(rsojax.get_leaf(new.params, path), expected_leaf, rtol=0, atol=1e-10)
@@ -111,17 +109,13 @@ def test_parallel_scheme_matches_literal_reference(granularity, model_name, eval
 def test_neuron_threads_differ_from_layer_and_sequential(small_mlp):
     model, params, data = small_mlp
     path = "stages_0/Dense_0/kernel"
-    leaves, samplers = {}, {}
+    leaves = {}
     for granularity in ("weight", "layer", "neuron"):
         rso = make_rso(model, "cached", 8, cycles=3, granularity=granularity)
-        state = rso.init(params, jax.random.key(72), data).replace(cycle=jnp.int32(1))
+        # (With seed 72 the 30 decisions happen to coincide under all three schemes.)
+        state = rso.init(params, jax.random.key(73), data).replace(cycle=jnp.int32(1))
         new, _ = rso.layer(state, data, path)
         leaves[granularity] = np.asarray(rsojax.get_leaf(new.params, path))
-        samplers[granularity] = (int(new.sampler.pos), np.asarray(new.sampler.perm))
-    # The same batches under every scheme.
-    for granularity in ("layer", "neuron"):
-        assert samplers[granularity][0] == samplers["weight"][0]
-        np.testing.assert_array_equal(samplers[granularity][1], samplers["weight"][1])
     assert not np.allclose(leaves["weight"], leaves["neuron"])
     assert not np.allclose(leaves["layer"], leaves["neuron"])
     # A neuron's first weight is searched from the same point under all three schemes.

@@ -1,0 +1,70 @@
+"""Every evaluator takes the same decisions; the registry and the caching pass."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_incremental import LAYERS, make_rso, small_net
+
+import rsojax
+from rsojax.evaluators import EVALUATORS, applicable, default_evaluator
+from rsojax.evaluators.stage_inputs import stage_inputs
+
+
+def test_float64_cycle_identical_for_every_evaluator():
+    """Over a cycle (the layers of `LAYERS`, every branch of every evaluator), all evaluators
+    end with the parameters of `Uncached`, which recomputes every candidate from the images;
+    `Incremental` also in chunks of 50 weights, each starting from a freshly prepared cache."""
+    model, params, data = small_net()
+    final, accepted = {}, {}
+    runs = [(name, None) for name in EVALUATORS] + [("incremental", 50)]
+    for name, chunk_size in runs:
+        rso = make_rso(EVALUATORS[name](model), LAYERS)
+        state, metrics = rso.cycle(rso.init(params, jax.random.key(7), data), data, chunk_size=chunk_size)
+        final[name, chunk_size] = state.params
+        accepted[name, chunk_size] = [int(m.accepted) for _, m in metrics]
+    reference = ("generic", None)
+    assert min(accepted[reference]) > 0
+    for run in runs:
+        assert accepted[run] == accepted[reference], run
+        for a, b in zip(jax.tree.leaves(final[run]), jax.tree.leaves(final[reference])):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-10, err_msg=str(run))
+
+
+def test_caching_pass_uses_the_statistics_of_the_first_training_images():
+    """The cached input of stage 2 is stages 0 and 1 in inference mode, BN normalised with the
+    mean and variance of the first `stats_images` training images (written out here)."""
+    model, params, (x, y) = small_net(channels=2, n=40)
+    inputs = stage_inputs(model, params, (x, y), 2, cache_batch=16, stats_images=24)
+    h = x
+    for d in range(2):
+        stage, p = model.stages[d], params[f"stages_{d}"]
+        z = jax.nn.relu(h) if stage.relu_in else h
+        z = jax.lax.conv_general_dilated(z, p["Conv_0"]["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if stage.pool:
+            z = z.reshape(z.shape[0], z.shape[1] // 2, 2, z.shape[2] // 2, 2, -1).mean(axis=(2, 4))
+        mean, var = z[:24].mean(axis=(0, 1, 2)), z[:24].var(axis=(0, 1, 2))
+        h = (z - mean) / jnp.sqrt(var + 1e-3) * p["BatchNorm_0"]["scale"] + p["BatchNorm_0"]["bias"]
+    np.testing.assert_allclose(jnp.moveaxis(inputs.h_S[2], 0, -1), h, rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(inputs.y_N, y)
+    # Reused while the stages before are unchanged, recomputed once they change.
+    again = stage_inputs(model, params, (x, y), 1, previous=inputs)
+    assert again.h_S[1] is inputs.h_S[1] and len(again.h_S) == 2
+    changed = jax.tree.map(lambda a: a, params)
+    changed["stages_0"]["BatchNorm_0"]["bias"] = params["stages_0"]["BatchNorm_0"]["bias"] + 1.0
+    fresh = stage_inputs(model, changed, (x, y), 1, previous=inputs)
+    assert not np.allclose(fresh.h_S[1], inputs.h_S[1])
+
+
+def test_registry_and_default_evaluator():
+    convnet, resnet = rsojax.mnist_convnet(channels=2), rsojax.cifar10_resnet(channels=2)
+    assert applicable(convnet) == ["incremental", "cached", "generic"] and applicable(resnet) == ["generic"]
+    assert isinstance(default_evaluator(convnet), rsojax.Incremental)
+    assert isinstance(default_evaluator(convnet, "layer"), rsojax.Cached)  # parallel-safe
+    assert isinstance(default_evaluator(resnet), rsojax.Generic)
+    assert isinstance(EVALUATORS["generic"](convnet), rsojax.Uncached)
+    for name in ("incremental", "cached"):
+        with pytest.raises(ValueError, match=f"model: {EVALUATORS[name].__name__} needs a rsojax.Sequential"):
+            EVALUATORS[name](resnet)
+    with pytest.raises(ValueError, match="granularity: 'layer' searches against the layer's starting point"):
+        rsojax.RSO(rsojax.Incremental(convnet), convnet.search_order(), rsojax.RSOConfig(granularity="layer"))
