@@ -3,61 +3,50 @@
     python experiments/compare.py --cycles 1 --train_subset 10000 --rso_batch_size 512 \
         --workdir runs/compare
 
-Runs experiments/mnist.py for both optimizers into WORKDIR/rso and WORKDIR/sgd, then
-writes WORKDIR/compare.md (a markdown table) and WORKDIR/compare.png (both curves).
+Trains both with `rsojax.experiment.train_and_evaluate` into WORKDIR/rso and WORKDIR/sgd
+(each resumable like experiments/mnist.py), then writes WORKDIR/compare.md (a markdown table)
+and WORKDIR/compare.png (both curves). Flags it does not know go to both runs (for example
+--data FILE.npz, --kernels_only).
 """
 
 import argparse
-import json
 import os
+import sys
 
-import mnist
-
+from rsojax import experiment
 from rsojax.plots import plot_curves
+from rsojax.records import RESULT_COLUMNS, markdown_table, read_records, result_cells
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--cycles", type=int, default=1, help="RSO cycles and SGD epochs")
-    p.add_argument("--train_subset", type=int, default=10000)
-    p.add_argument("--rso_batch_size", type=int, default=512)
-    p.add_argument("--sgd_batch_size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=72)
+def main(argv=None) -> str:
+    p = argparse.ArgumentParser(prog="compare.py", description=__doc__.split("\n")[0])
+    p.add_argument("--cycles", type=int, default=1, help="RSO cycles and SGD epochs [default: 1]")
+    p.add_argument("--train_subset", type=int, default=10000, help="[default: 10000]")
+    p.add_argument("--rso_batch_size", type=int, default=512, help="[default: 512]")
+    p.add_argument("--sgd_batch_size", type=int, default=128, help="[default: 128]")
     p.add_argument("--workdir", required=True)
-    p.add_argument("--data_dir", default=None)
-    p.add_argument("--channels", type=int, default=16)
     args, passthrough = p.parse_known_args(argv)
 
     runs, rows = {}, []
     for optimizer, batch_size in (("rso", args.rso_batch_size), ("sgd", args.sgd_batch_size)):
-        workdir = os.path.join(args.workdir, optimizer)
-        common = ["--cycles", args.cycles, "--train_subset", args.train_subset, "--seed", args.seed, "--channels", args.channels]
-        flags = ["--optimizer", optimizer, "--batch_size", batch_size, "--workdir", workdir, *common]
-        if args.data_dir:
-            flags += ["--data_dir", args.data_dir]
-        summary = mnist.main([str(f) for f in flags] + (passthrough if optimizer == "rso" else []))
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            runs[optimizer.upper()] = [json.loads(line) for line in f]
-        rows.append(
-            f"| {optimizer.upper()} | {args.cycles} | {batch_size} | {100 * summary['test_accuracy']:.2f} | "
-            f"{100 * summary['best_test_accuracy']:.2f} | {summary['weight_updates']:,} | {summary['wall_time_s']:.0f} |"
-        )
+        flags = ["--optimizer", optimizer, "--batch_size", batch_size, "--cycles", args.cycles,
+                 "--train_subset", args.train_subset, "--workdir", os.path.join(args.workdir, optimizer)]
+        config, workdir = experiment.parse_flags([*map(str, flags), *passthrough], "mnist", prog="compare.py")
+        experiment.train_and_evaluate(config, workdir)
+        runs[optimizer.upper()] = read_records(workdir)
+        rows.append([optimizer.upper(), args.cycles, batch_size, *result_cells(runs[optimizer.upper()])])
 
-    table = "\n".join(
-        [
-            f"MNIST, first {args.train_subset or 60000} training images, full test set, {runs['RSO'][-1]['cycle'] + 1} "
-            "RSO cycles vs as many SGD epochs.",
-            "",
-            "| optimizer | cycles/epochs | batch | test acc. (%) | best (%) | weight updates | train time (s) |",
-            "|---|---|---|---|---|---|---|",
-            *rows,
-        ]
+    caption = (
+        f"MNIST, first {args.train_subset or 60000} training images, full test set, {args.cycles} RSO cycle(s) "
+        "vs as many SGD epochs."
     )
+    table = markdown_table(["optimizer", "cycles/epochs", "batch", *RESULT_COLUMNS], rows, caption)
     with open(os.path.join(args.workdir, "compare.md"), "w") as f:
         f.write(table + "\n")
     plot_curves(runs, os.path.join(args.workdir, "compare.png"), title="MNIST: RSO vs SGD")
     print(table)
+    return table
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(experiment.cli(main, "compare.py"))

@@ -1,17 +1,43 @@
 """Shared fixtures. The suite runs in float64 (the references are float64); float32 tests
-cast explicitly."""
+cast explicitly.
 
-import jax
+The suite's many small runs compile the same programs again and again (every `RSO` jits its
+own sweeps; every command line is a new process): one persistent compilation cache per
+session, shared with the subprocesses through the environment, compiles each once.
+"""
+
+import atexit
+import os
+import shutil
+import tempfile
+
+_CACHE = tempfile.mkdtemp(prefix="rsojax-tests-jax-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ |= {
+    "JAX_COMPILATION_CACHE_DIR": _CACHE,
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_compilation_cache_dir", _CACHE)  # in case jax was imported before this file
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 import contextlib  # noqa: E402
-import os  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import rsojax  # noqa: E402
+from rsojax.records import read_records  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def random_data(n, example_shape, key=0, dtype=jnp.float64):
@@ -72,3 +98,59 @@ def mock_cifar10(tmp_path):
     """Mock CIFAR-10 (`mock_tfds`), 96 images per split; yields the data directory."""
     with mock_tfds(str(tmp_path), "cifar10"):
         yield str(tmp_path)
+
+
+def script(name: str):
+    """experiments/<name>.py as a module (the scripts are not a package: no sys.path edits)."""
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", os.path.join(ROOT, "experiments", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def mnist_like(n=96, seed=0):
+    """uint8 N x 28 x 28 images (Keras' mnist.npz layout) that carry their label, and the labels."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    x = (rng.random((n, 28, 28)) * 60).astype(np.uint8)
+    x[np.arange(n), 2 * y, 5:20] = 255
+    return x, y
+
+
+def write_npz(path, n=96, **arrays):
+    """An .npz file of `mnist_like` train and test splits, with `arrays` replacing some."""
+    x, y = mnist_like(n)
+    xt, yt = mnist_like(n, seed=1)
+    np.savez(path, **({"x_train": x, "y_train": y, "x_test": xt, "y_test": yt} | arrays))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def mnist_npz(tmp_path_factory):
+    """A small MNIST-like .npz file, 96 images per split."""
+    return write_npz(tmp_path_factory.mktemp("data") / "mnist.npz")
+
+
+# The command-line runs of the tests: 2 cycles (or epochs) on 64 images, 2 channels.
+TINY = ["--cycles", "2", "--train_subset", "64", "--channels", "2", "--kernels_only", "--chunk_size", "8"]
+
+
+def tiny_argv(data, workdir, optimizer="rso", *more):
+    return [*TINY, "--data", data, "--optimizer", optimizer, "--batch_size", "16", "--workdir", str(workdir), *more]
+
+
+@pytest.fixture(scope="session")
+def compared(mnist_npz, tmp_path_factory):
+    """experiments/compare.py on `mnist_npz`: RSO and SGD, the runs that the tests of the command
+    lines read and compare resumed runs with; returns its workdir."""
+    workdir = tmp_path_factory.mktemp("compare")
+    script("compare").main([*TINY[:2], "--train_subset", "64", "--rso_batch_size", "16", "--sgd_batch_size", "16",
+                            *TINY[4:], "--data", mnist_npz, "--workdir", str(workdir)])
+    return str(workdir)
+
+
+def comparable(workdir):
+    """What a resumed run must share with an uninterrupted one: the parameters and the records
+    but their wall time."""
+    records = [{k: v for k, v in r.items() if k != "wall_time_s"} for r in read_records(workdir)]
+    return json.load(open(os.path.join(workdir, "summary.json")))["params_sha256"], records

@@ -1,23 +1,17 @@
 """The CIFAR-10 network, its preprocessing and experiments/cifar10.py end to end on mock data."""
 
-import json
-import os
-import sys
-
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from conftest import random_data
+from conftest import random_data, script
 
 import rsojax
+from rsojax import experiment
 from rsojax.data import preprocess
-from rsojax.layer_order import leaf_paths
+from rsojax.layer_order import get_leaf, leaf_paths
 from rsojax.models import BatchNorm, cifar10_resnet
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
-
-import cifar10  # noqa: E402
+from rsojax.records import read_records
 
 
 def test_network_has_the_papers_size_and_a_complete_search_order():
@@ -76,37 +70,37 @@ def test_per_channel_mean_is_subtracted():
     assert abs(mean[0] - mean[1]) > 0.2
 
 
-def test_cifar10_script_end_to_end_and_resumes(mock_cifar10, tmp_path):
-    workdir = tmp_path / "rso"
+def test_cifar10_script_end_to_end_through_tfds(mock_cifar10, tmp_path):
     argv = ["--cycles", "1", "--batch_size", "16", "--train_subset", "48", "--channels", "2", "--kernels_only",
-            "--workdir", str(workdir), "--data_dir", mock_cifar10]
-    summary = cifar10.main(argv)
-    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+            "--workdir", str(tmp_path / "rso"), "--data_dir", mock_cifar10]
+    summary = script("cifar10").main(argv)
+    records = read_records(str(tmp_path / "rso"))
     model = cifar10_resnet(channels=2)
     params = rsojax.init_params(model)
     order = model.search_order(kernels_only=True)
     assert [r["layer"] for r in records] == order
-    assert records[-1]["weight_updates"] == summary["weight_updates"] == 40 + 54 + 36 + 36 + 72 + 5 * 144 + 8
-    assert summary["config"]["evaluator"] == "generic" and 0 <= summary["test_accuracy"] <= 1
-    assert json.loads((workdir / "summary.json").read_text()) == json.loads(json.dumps(summary))
-    assert (workdir / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert cifar10.main(argv)["params_sha256"] == summary["params_sha256"]  # finished: restored, not rerun
+    assert records[-1]["weight_updates"] == summary["weight_updates"] == sum(get_leaf(params, p).size for p in order)
+    assert (summary["task"], summary["config"]["evaluator"], summary["config"]["global_pool"]) == ("cifar10", "generic", "max")
+    assert summary["test_accuracy"] == records[-1]["test_accuracy"] and 96 * summary["test_accuracy"] % 1 == 0
+    assert (tmp_path / "rso" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
-    sgd = cifar10.main(["--optimizer", "sgd", "--cycles", "1", "--batch_size", "16", "--channels", "2",
-                        "--workdir", str(tmp_path / "sgd"), "--data_dir", mock_cifar10])
+    sgd = script("cifar10").main(["--optimizer", "sgd", "--cycles", "1", "--batch_size", "16", "--channels", "2",
+                                  "--workdir", str(tmp_path / "sgd"), "--data_dir", mock_cifar10])
     n_params = sum(a.size for a in jax.tree.leaves(params))
-    assert sgd["weight_updates"] == n_params * (96 // 16) and 0 <= sgd["test_accuracy"] <= 1
+    assert sgd["weight_updates"] == n_params * (96 // 16) and sgd["config"]["sgd"]["batch_size"] == 16
 
 
 def test_missing_data_is_one_clear_line(tmp_path, capsys):
-    assert cifar10.mnist.cli(["--workdir", str(tmp_path / "w"), "--data_dir", str(tmp_path / "none")], cifar10.mnist.CIFAR10) == 2
+    argv = ["--workdir", str(tmp_path / "w"), "--data_dir", str(tmp_path / "none")]
+    assert experiment.cli(lambda: script("cifar10").main(argv), "cifar10.py") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("cifar10.py: error: data_dir: CIFAR-10 (TFDS cifar10/3.0.2) was not found in ")
-    assert "tfds.load('cifar10', data_dir=DIR)" in err
+    assert err.startswith("cifar10.py: error: --data_dir: CIFAR-10 (TFDS cifar10/3.0.2) was not found in ")
+    assert "TFDS_DATA_DIR" in err and "add --download" in err and "--data FILE.npz" in err and "Error)" not in err
+    assert not (tmp_path / "w").exists()
 
 
 def test_defaults_are_the_papers(tmp_path):
-    args = cifar10.mnist.parse_args(["--workdir", str(tmp_path)], cifar10.mnist.CIFAR10)
-    assert (args.cycles, args.batch_size, args.evaluator, args.channels) == (500, 5000, "generic", 16)
+    config, _ = experiment.parse_flags(["--workdir", str(tmp_path)], "cifar10")
+    assert (config.rso.cycles, config.rso.batch_size, config.evaluator, config.channels) == (500, 5000, "generic", 16)
     with pytest.raises(SystemExit):
-        cifar10.mnist.parse_args(["--workdir", str(tmp_path), "--evaluator", "cached"], cifar10.mnist.CIFAR10)
+        experiment.parse_flags(["--workdir", str(tmp_path), "--evaluator", "cached"], "cifar10")

@@ -1,0 +1,54 @@
+"""A run's files: records (`metrics.jsonl`), JSON written atomically, and markdown result tables.
+
+A record is one JSON object per line of `metrics.jsonl`: one per RSO layer sweep or SGD
+epoch, with at least `test_accuracy`, `weight_updates` and `wall_time_s`
+(`rsojax.train`). Tables are what `experiments/compare.py`, `ablations.py` and `peer.py`
+print and write.
+"""
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+
+# The result columns of every table: `result_cells` fills them from a run's records.
+RESULT_COLUMNS = ("test acc. (%)", "best (%)", "weight updates", "train time (s)")
+
+
+def write_json(path: str, obj) -> None:
+    """Writes `obj` as indented JSON, atomically: a reader never sees a half-written file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def write_records(path: str, records: Iterable[dict]) -> None:
+    """Writes `records` one JSON object per line, atomically."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(tmp, path)
+
+
+def read_records(path: str) -> list[dict]:
+    """The records of a JSON-lines file; `path` may be a run's workdir (its `metrics.jsonl`)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "metrics.jsonl")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def result_cells(records: Sequence[dict], count: str = "weight_updates") -> list[str]:
+    """A run's `RESULT_COLUMNS`: final and best test accuracy (%), the last record's `count`
+    (the name of the counted column may differ: see `markdown_table`), training time (s)."""
+    last = records[-1]
+    best = max(r["test_accuracy"] for r in records)
+    return [f"{100 * last['test_accuracy']:.2f}", f"{100 * best:.2f}", f"{last[count]:,}", f"{last['wall_time_s']:.0f}"]
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence], caption: str = "") -> str:
+    """A markdown table, under `caption` and a blank line if one is given."""
+    lines = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
+    lines += [f"| {' | '.join(map(str, row))} |" for row in rows]
+    return "\n".join([caption, "", *lines] if caption else lines)
