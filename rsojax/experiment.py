@@ -68,6 +68,8 @@ TASKS = {
 OPTIMIZERS = ("rso", "sgd")
 # Settings that may change between a run and its resumption (paths, timings, the host's role).
 RESUMABLE = ("data_dir", "data", "download", "checkpoint_every_s", "progress_every_s", "coordinator_address", "process_id")
+# The flags that switch a True default off, where they are not named no_<field>.
+NEGATIONS = {"output_first": "input_first"}
 # A CPU-sized first run, for --help and the README (about 5 minutes for MNIST on 2 cores).
 FIRST_RUN = "--cycles 1 --batch_size 512 --train_subset 10000"
 
@@ -202,7 +204,7 @@ def _flags(config) -> dict[str, list[tuple[tuple[str, ...], dataclasses.Field, t
                 continue
             kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
             if kind is bool and value:  # a True default is switched off by its negation
-                flag = f"no_{f.name}" if f.name != "output_first" else "input_first"
+                flag = NEGATIONS.get(f.name, f"no_{f.name}")
             flags.setdefault(flag or f.name, []).append(((*prefix, f.name), f, kind))
 
     visit(config, ())

@@ -236,3 +236,13 @@ def test_flags_set_the_config_fields():
         ExperimentConfig.for_task("cifar10", evaluator="cached")
     with pytest.raises(UsageError, match="^--momentum: expected a value in"):
         parse(["--workdir", "w", "--momentum", "1.5"])
+
+
+def test_progress_is_a_line_every_interval_when_not_a_terminal(capsys):
+    progress = experiment.Progress(total=1000, done=100, every_s=3600.0)
+    progress.last_line -= 3600  # an interval has passed
+    progress.update(400, "cycle 1/2, stages_1/Conv_0/kernel")
+    progress.update(500, "cycle 1/2, stages_1/Conv_0/kernel")  # within the interval: quiet
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "cycle 1/2, stages_1/Conv_0/kernel: 400 of 1,000 weights (40.0%)" in lines[0]
+    assert "elapsed, about " in lines[0] and lines[0].endswith(" left")
