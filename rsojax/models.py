@@ -4,9 +4,11 @@ Every model is a `Sequential` of stages, and `Sequential.__call__(x, train, star
 forward pass of the model: the full network (`start=0`), the suffix that the cached evaluator
 runs from a cached stage input (`start=d`), and evaluation all go through it.
 
-A stage is a Linen module with `__call__(x, train)` and a class attribute `searched`: the
+A stage is a Linen module with `__call__(x, train)` and an attribute `searched`: the
 relative paths of its searched parameters in the order RSO visits them inside the stage
-(the reference code's order: kernel, then BN beta, then BN gamma).
+(the reference code's order: kernel, then BN beta, then BN gamma). The activation between
+stages is an array, or a pytree of arrays where a later stage reads more than its
+predecessor's output (the residual network's skip tensors, `ResidualBlock`).
 """
 
 from collections.abc import Sequence
@@ -145,7 +147,7 @@ class Sequential(nn.Module):
         return [
             f"stages_{i}/{leaf}"
             for i, stage in enumerate(self.stages)
-            for leaf in type(stage).searched
+            for leaf in stage.searched
             if not kernels_only or leaf.endswith("kernel")
         ]
 
@@ -154,7 +156,7 @@ class Sequential(nn.Module):
         return [
             f"stages_{i}/{leaf}"
             for i in reversed(range(len(self.stages)))
-            for leaf in type(self.stages[i]).searched
+            for leaf in self.stages[i].searched
             if not kernels_only or leaf.endswith("kernel")
         ]
 
@@ -189,79 +191,86 @@ def mlp(
     return Sequential(stages=stages, input_shape=input_shape)
 
 
-class ResidualNet(nn.Module):
-    """The reference code's 10-layer CIFAR-10 network: nine 3x3 convolutions and a dense layer.
+class ResidualBlock(nn.Module):
+    """ReLU -> 3x3 conv (no bias) -> [+ skip] -> [2x2 average pool] -> BN: a block of the
+    residual network, as a stage whose input and output carry the tensor a residual addition reads.
 
-    Block i: [ReLU] -> 3x3 conv i (no bias) -> [+ the BN output of block i - 2, for i = 3, 5,
-    7, 9, through a 1x1 conv + BN where the channel count changes] -> [2x2 average pool after
-    conv 3 and conv 5] -> BN. Then a global pool (max, as the reference code) and dense
-    without bias.
-
-    Not a `Sequential`: a residual addition reads the output of the block two back, which a
-    chain of stages passing one array does not carry. Rather than widen every stage's interface
-    for one network, this is one module (its only forward pass), searched with the `Generic`
-    evaluator in the explicit order of `search_order`: correct and simple; `Cached` does not
-    apply (no stage inputs to cache).
+    A residual addition reads the BN output of the block two back, which a chain passing one array
+    does not carry; so the stage input is `h`, or `(h, skip)` if this block adds a residual,
+    and the output is `y`, or `(y, h)` if the next block adds one: this block's input (the BN
+    output of the block before) passed on as that block's skip. Only what a later stage reads
+    lives between stages, and the caching pass caches exactly that.
 
     Attributes:
-      channels: output channels of the convolutions, in order.
-      pools: 1-based numbers of the convolutions followed by a 2x2 average pool.
-      classes: outputs of the dense layer.
-      input_shape: the shape of one example.
-      global_pool: "max" (the reference code) or "avg".
+      features: output channels of the 3x3 conv.
+      pool: a 2x2 average pool after the addition.
+      residual: the input is `(h, skip)`; skip is added to the conv output (before pool and BN).
+      shortcut: skip goes through a 1x1 conv (no bias) + BN first, where its channels differ.
+      keep: the output is `(y, h)`, h the next block's skip.
     """
 
-    channels: Sequence[int] = (16, 16, 16, 32, 32, 32, 32, 32, 32)
-    pools: Sequence[int] = (3, 5)
-    classes: int = 10
-    input_shape: tuple[int, ...] = (32, 32, 3)
-    global_pool: str = "max"
+    features: int
+    pool: bool = False
+    residual: bool = False
+    shortcut: bool = False
+    keep: bool = False
 
-    def shortcuts(self) -> list[int]:
-        """The 1-based convolutions whose residual input needs a 1x1 conv + BN."""
-        return [i for i in self._residual_targets() if self.channels[i - 1] != self.channels[i - 3]]
-
-    def _residual_targets(self) -> range:
-        return range(3, len(self.channels) + 1, 2)
+    @property
+    def searched(self) -> tuple[str, ...]:
+        """ConvBlock's order, then the shortcut's conv and BN, which feed the same addition."""
+        shortcut = ("shortcut_conv/kernel", "shortcut_bn/bias", "shortcut_bn/scale") if self.shortcut else ()
+        return ConvBlock.searched + shortcut
 
     @nn.compact
-    def __call__(self, x_BxHxWxC, train: bool = True):
-        h, outputs = x_BxHxWxC, []
-        for i, features in enumerate(self.channels, start=1):
-            y = nn.Conv(features, (3, 3), padding=1, use_bias=False, kernel_init=he_normal, name=f"conv_{i}")(
-                nn.relu(h) if i > 1 else h
-            )
-            if i in self._residual_targets():
-                skip = outputs[i - 3]
-                if i in self.shortcuts():
-                    skip = nn.Conv(features, (1, 1), use_bias=False, kernel_init=he_normal, name=f"shortcut_{i}")(skip)
-                    skip = BatchNorm(name=f"shortcut_bn_{i}")(skip, train)
-                y = y + skip
-            if i in self.pools:
-                y = nn.avg_pool(y, (2, 2), strides=(2, 2))
-            h = BatchNorm(name=f"bn_{i}")(y, train)
-            outputs.append(h)
-        return nn.Dense(self.classes, use_bias=False, kernel_init=he_normal, name="dense")(global_pool_2d(h, self.global_pool))
+    def __call__(self, x, train: bool):
+        h_BxHxWxC, skip = x if self.residual else (x, None)
+        conv = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, kernel_init=he_normal, name="Conv_0")
+        y = conv(nn.relu(h_BxHxWxC))
+        if self.residual:
+            if self.shortcut:
+                skip = nn.Conv(self.features, (1, 1), use_bias=False, kernel_init=he_normal, name="shortcut_conv")(skip)
+                skip = BatchNorm(name="shortcut_bn")(skip, train)
+            y = y + skip
+        if self.pool:
+            y = nn.avg_pool(y, (2, 2), strides=(2, 2))
+        y = BatchNorm(name="BatchNorm_0")(y, train)
+        return (y, h_BxHxWxC) if self.keep else y
 
-    def search_order(self, kernels_only: bool = False) -> list[str]:
-        """Dense first, then block 9 down to block 1; inside a block the conv kernel, BN beta,
-        BN gamma (as `ConvBlock.searched`), then the block's shortcut conv and BN, if any (it
-        feeds the same addition, from an earlier layer)."""
-        order = ["dense/kernel"]
-        for i in reversed(range(1, len(self.channels) + 1)):
-            units = [(f"conv_{i}", f"bn_{i}")] + ([(f"shortcut_{i}", f"shortcut_bn_{i}")] if i in self.shortcuts() else [])
-            for conv, bn in units:
-                order += [f"{conv}/kernel"] + ([] if kernels_only else [f"{bn}/bias", f"{bn}/scale"])
-        return order
+
+class ResidualNet(Sequential):
+    """A residual network as a `Sequential`: a ConvBlock, `ResidualBlock`s and a `PoolHead`.
+
+    The activation between two stages is a pytree (`ResidualBlock`): the block's input and, where
+    a later addition reads it, the skip tensor. `start` and `stop` cut the network at any stage,
+    so the cached evaluators and the reference's caching pass work as for the MNIST network.
+    """
+
+    @property
+    def global_pool(self) -> str:
+        return self.stages[-1].global_pool
 
 
 def cifar10_resnet(channels: int = 16, classes: int = 10, global_pool: str = "max") -> ResidualNet:
-    """The paper's 10-layer CIFAR-10 network: about 57,100 searched parameters at 16 channels.
+    """The reference code's 10-layer CIFAR-10 network: 57,104 searched parameters at 16 channels.
 
-    Convolutions of `channels` x (1, 1, 1, 2, 2, 2, 2, 2, 2), average pools after conv 3 and
-    conv 5 (32 -> 16 -> 8), residual additions conv 1 -> 3 -> 5 -> 7 -> 9 (a 1x1 conv + BN into
-    conv 5, where the channels double), a global pool (max, as the reference code; "avg" as an
-    option), dense to `classes`.
+    Block i = 1..9: [ReLU, for i > 1] -> 3x3 conv i (no bias, `channels` x (1, 1, 1, 2, 2, 2,
+    2, 2, 2) outputs) -> [+ the BN output of block i - 2, for i = 3, 5, 7, 9, through a 1x1
+    conv + BN into block 5, where the channels double] -> [2x2 average pool after conv 3 and
+    conv 5: 32 -> 16 -> 8] -> BN. Then a global pool (max, as the reference code; "avg" as an
+    option) and dense to `classes` without bias.
+
+    Stage i - 1 is block i (`stages_8` is block 9, `stages_9` the head); the parameters of a
+    block, its shortcut's too, live under its stage (`stages_4/Conv_0/kernel`,
+    `stages_4/shortcut_conv/kernel`), so they share one minibatch shuffle per cycle. (Before
+    the network was a chain of stages, the paths were `conv_5/kernel`, `shortcut_5/kernel`, ...;
+    the function, the parameter count and the search order of the units are unchanged.)
     """
     widths = tuple(channels * m for m in (1, 1, 1, 2, 2, 2, 2, 2, 2))
-    return ResidualNet(channels=widths, classes=classes, global_pool=check_global_pool(global_pool))
+    targets = range(3, len(widths) + 1, 2)  # the blocks that add the output of block i - 2
+    blocks = [ConvBlock(widths[0], relu_in=False)]  # block 1 neither adds nor passes on a skip
+    for i in range(2, len(widths) + 1):
+        residual = i in targets
+        shortcut = residual and widths[i - 1] != widths[i - 3]
+        blocks.append(ResidualBlock(widths[i - 1], i in (3, 5), residual, shortcut, keep=i + 1 in targets))
+    head = PoolHead(classes, global_pool=check_global_pool(global_pool))
+    return ResidualNet(stages=(*blocks, head), input_shape=(32, 32, 3))

@@ -23,7 +23,7 @@ from rsojax.models import Sequential
 
 def generic(model) -> Evaluator:
     """The whole network per weight: `Uncached` for a Sequential model (the reference's rules),
-    `Generic` over the model's search-mode loss for any other (such as `ResidualNet`)."""
+    `Generic` over the model's search-mode loss for any other."""
     if isinstance(model, Sequential):
         return Uncached(model)
     return Generic(sequential_loss(model), tuple(model.input_shape))

@@ -51,7 +51,7 @@ def candidate_losses(loss_fn: Callable, params, path: str, j, values_3, batch) -
 def sequential_loss(model, start: int = 0) -> Callable:
     """`loss(params, (h, y))` in search mode (BN with the batch's statistics) of a Sequential
     model run from the input `h` of stage `start`; of any model called as `model(x, train)`
-    (such as `ResidualNet`) with `start=0`."""
+    with `start=0`."""
     stages = {"start": start} if start else {}
 
     def loss(params, batch):

@@ -13,7 +13,7 @@ class Generic:
     `vmap` over the three values batches only what depends on the searched weight, so work
     before the searched layer is shared by the three candidates. For a `Sequential` model,
     `Uncached` computes the loss under the reference code's rules; `Generic` is for anything
-    else (a `ResidualNet`, a custom loss).
+    else (a model that is not a `Sequential`, a custom loss).
     """
 
     loss_fn: Callable

@@ -8,7 +8,8 @@ pass's own. `h_S[d]` depends only on the parameters of the stages before d (thei
 too), so one pass serves every layer of a cycle: RSO visits the last stage first.
 
 The inputs are stored channel-major, (C, N, ...): one channel of every example is contiguous,
-which is what `Incremental` reads.
+which is what `Incremental` reads. A stage input that is a pytree (the residual network's
+`(h, skip)`) is stored leaf by leaf.
 """
 
 import functools
@@ -41,14 +42,16 @@ def map_batches(fn, x: jax.Array, size: int):
     return out
 
 
-def channel_major(h: jax.Array) -> jax.Array:
-    """(N, ..., C) -> (C, N, ...): one channel of every example is contiguous."""
-    return jnp.moveaxis(h, -1, 0)
+def channel_major(h):
+    """(N, ..., C) -> (C, N, ...) for every array of the pytree `h`: one channel of every
+    example is contiguous."""
+    return jax.tree.map(lambda a: jnp.moveaxis(a, -1, 0), h)
 
 
-def batch_major(h_CxN: jax.Array, idx_B: jax.Array) -> jax.Array:
-    """Examples `idx_B` of a channel-major array, back in the model's layout (B, ..., C)."""
-    return jnp.moveaxis(h_CxN[:, idx_B], 0, -1)
+def batch_major(h_CxN, idx_B: jax.Array):
+    """Examples `idx_B` of a channel-major array (or pytree of them), back in the model's
+    layout (B, ..., C)."""
+    return jax.tree.map(lambda a: jnp.moveaxis(a[:, idx_B], 0, -1), h_CxN)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "stats_images"))
@@ -57,7 +60,7 @@ def reference_statistics(model: Sequential, params, x_N: jax.Array, stats_images
     return bn_statistics(model, params, x_N[:stats_images])
 
 
-def prefix(model: Sequential, params, stats: dict, x_B: jax.Array, stop: int) -> jax.Array:
+def prefix(model: Sequential, params, stats: dict, x_B: jax.Array, stop: int):
     """Stages 0..`stop - 1` in inference mode with `stats`: the caching pass for a batch."""
     return model.apply({"params": params, "batch_stats": stats}, x_B, train=False, stop=stop)
 
@@ -67,7 +70,7 @@ class StageInputs:
     """The input of stages 0..len(h_S)-1 for every training example, channel-major."""
 
     params: dict  # the parameters the inputs were computed with
-    h_S: tuple  # h_S[d]: (C, N, ...) input of stage d
+    h_S: tuple  # h_S[d]: (C, N, ...) input of stage d (a pytree of such arrays where it is one)
     y_N: jax.Array
 
 

@@ -1,0 +1,202 @@
+"""The CIFAR-10 residual network as a chain of stages: its forward written out, the caching pass
+over pytree stage inputs, and every evaluator against the float64 literal reference."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import init_params, random_data
+from test_rso import engine_choices, make_rso, reference_loss, reference_sweep
+
+import rsojax
+from rsojax.evaluators import EVALUATORS, StageInputs, applicable, default_evaluator
+from rsojax.evaluators.incremental import ConvContext
+from rsojax.evaluators.stage_inputs import batch_major, stage_inputs
+from rsojax.sampling import batch_at, block_permutation
+from rsojax.schedule import anneal
+
+# Compilation dominates (one sweep per layer and evaluator), so the searches cover a small layer
+# of every kind of stage: the head, a residual block (9), the shortcut block (5: its BN, then the
+# shortcut conv, one shuffle), a block that passes its input on as a skip (2) and block 1 (a
+# ConvBlock: Incremental's own path). Not the shortcut's BN beta: the loss does not depend on it
+# (`test_forward_written_out_and_composes_from_any_stage`), so rounding alone decides.
+LAYERS = [
+    "stages_9/Dense_0/kernel",
+    "stages_8/BatchNorm_0/bias",
+    "stages_4/BatchNorm_0/scale",
+    "stages_4/shortcut_conv/kernel",
+    "stages_1/Conv_0/kernel",
+    "stages_0/Conv_0/kernel",
+]
+SKIP_STAGES = (2, 4, 6, 8)  # the stages (blocks 3, 5, 7, 9) whose input is (h, skip)
+
+
+def small_resnet(n=24, dtype=jnp.float64):
+    model = rsojax.cifar10_resnet(channels=2)
+    x, y = random_data(n, model.input_shape, key=5, dtype=dtype)
+    return model, init_params(model, x, dtype=dtype), (x, y)
+
+
+def literal_forward(params, x, n_stats=None):
+    """The block outputs [x, out_1, ..., out_9] and the logits, written out. Every BN normalises
+    with the mean and variance of the first `n_stats` examples of its input (default: all, the
+    search mode; fewer: inference mode with those examples' statistics, as the caching pass)."""
+
+    def bn(z, p):
+        ref = z[:n_stats]
+        mean, var = ref.mean(axis=(0, 1, 2)), ref.var(axis=(0, 1, 2))
+        return (z - mean) / jnp.sqrt(var + 1e-3) * p["scale"] + p["bias"]
+
+    def conv3x3(z, k):
+        return jax.lax.conv_general_dilated(z, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def avg_pool(z):
+        return z.reshape(z.shape[0], z.shape[1] // 2, 2, z.shape[2] // 2, 2, -1).mean(axis=(2, 4))
+
+    out = [x]
+    for i in range(1, 10):
+        p = params[f"stages_{i - 1}"]
+        z = conv3x3(jax.nn.relu(out[i - 1]) if i > 1 else x, p["Conv_0"]["kernel"])
+        if i in (3, 5, 7, 9):
+            skip = out[i - 2]
+            if i == 5:  # 16 -> 32 channels: a 1x1 conv and its BN
+                skip = bn(skip @ p["shortcut_conv"]["kernel"][0, 0], p["shortcut_bn"])
+            z = z + skip
+        if i in (3, 5):
+            z = avg_pool(z)
+        out.append(bn(z, p["BatchNorm_0"]))
+    logits = out[9].max(axis=(1, 2)) @ params["stages_9"]["Dense_0"]["kernel"]
+    return out, logits
+
+
+def stage_input(out, d):
+    """The input of stage d (block d + 1; d = 9 the head) from the literal block outputs."""
+    return (out[d], out[d - 1]) if d in SKIP_STAGES else out[d]
+
+
+def assert_trees_close(a, b, atol=1e-12, msg=""):
+    assert jax.tree.structure(a) == jax.tree.structure(b), msg
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(u, v, rtol=0, atol=atol, err_msg=msg)
+
+
+def test_network_size_order_and_shapes():
+    model = rsojax.cifar10_resnet()
+    params = rsojax.init_params(model)
+    assert isinstance(model, rsojax.Sequential) and model.global_pool == "max"
+    assert sum(a.size for a in jax.tree.leaves(params)) == 57_104
+    order = model.search_order()
+    assert sorted(order) == sorted(model.layer_paths()) and len(set(order)) == len(order) == 31
+    assert order[:4] == ["stages_9/Dense_0/kernel", "stages_8/Conv_0/kernel", "stages_8/BatchNorm_0/bias",
+                         "stages_8/BatchNorm_0/scale"]
+    at = order.index("stages_4/Conv_0/kernel")
+    assert order[at : at + 6] == [f"stages_4/{leaf}" for leaf in ("Conv_0/kernel", "BatchNorm_0/bias", "BatchNorm_0/scale",
+                                                                  "shortcut_conv/kernel", "shortcut_bn/bias", "shortcut_bn/scale")]
+    assert order[-3:] == ["stages_0/Conv_0/kernel", "stages_0/BatchNorm_0/bias", "stages_0/BatchNorm_0/scale"]
+    shapes = jax.eval_shape(lambda x: model.apply({"params": params}, x, stop=4), jnp.zeros((1, 32, 32, 3)))
+    assert [s.shape for s in shapes] == [(1, 16, 16, 32), (1, 16, 16, 16)]  # block 5's input: (out_4, out_3)
+
+
+def test_forward_written_out_and_composes_from_any_stage():
+    """In search mode every stage boundary holds the literal (h, skip) pytree and the network run
+    from it gives the logits; in inference mode, with the statistics of the first images, the
+    logits (its stage boundaries: the caching pass's test)."""
+    model, params, (x, _) = small_resnet(n=12)
+    out, logits = literal_forward(params, x)
+    assert_trees_close(model.apply({"params": params}, x), logits)
+    for d in range(10):
+        h = stage_input(out, d)
+        assert_trees_close(model.apply({"params": params}, x, stop=d), h, msg=f"stage {d}")
+        assert_trees_close(model.apply({"params": params}, h, start=d), logits, msg=f"from stage {d}")
+    stats = rsojax.bn_statistics(model, params, x[:8])
+    assert_trees_close(model.apply({"params": params, "batch_stats": stats}, x, train=False), literal_forward(params, x, 8)[1])
+    # The shortcut's BN beta adds a constant per channel just before block 5's BN, which removes
+    # it: RSO's search of these 2 x `channels` parameters is decided by rounding alone.
+    shifted = jax.tree.map(lambda a: a, params)
+    shifted["stages_4"]["shortcut_bn"]["bias"] = params["stages_4"]["shortcut_bn"]["bias"] + 1.0
+    np.testing.assert_allclose(literal_forward(shifted, x)[1], logits, rtol=0, atol=1e-12)
+    assert out[3].shape == (12, 16, 16, 2) and out[5].shape == (12, 8, 8, 4) and out[9].shape == (12, 8, 8, 4)
+
+
+def test_caching_pass_caches_the_pytree_stage_inputs():
+    """The cached input of every stage is the literal network in inference mode with the BN
+    statistics of the first `stats_images` training images, (h, skip) where a block adds one."""
+    model, params, (x, y) = small_resnet(n=20)
+    inputs = stage_inputs(model, params, (x, y), 9, cache_batch=8, stats_images=12)
+    out, _ = literal_forward(params, x, n_stats=12)
+    every = jnp.arange(x.shape[0])
+    for d in range(10):
+        assert_trees_close(batch_major(inputs.h_S[d], every), stage_input(out, d), atol=1e-10, msg=f"stage {d}")
+
+
+def test_registry_and_incremental_on_the_residual_network():
+    """Every evaluator applies; Incremental's own path runs block 1 (a ConvBlock, whose next
+    stage is not one); the residual blocks and the head it evaluates as Cached does."""
+    model, params, data = small_resnet(n=8)
+    assert applicable(model) == ["incremental", "cached", "generic"]
+    assert isinstance(default_evaluator(model), rsojax.Incremental)
+    assert isinstance(EVALUATORS["generic"](model), rsojax.Uncached)
+    incremental = rsojax.Incremental(model)
+    assert isinstance(incremental.prepare(params, "stages_0/Conv_0/kernel", data), ConvContext)
+    for path in ("stages_1/Conv_0/kernel", "stages_4/shortcut_conv/kernel", "stages_9/Dense_0/kernel"):
+        assert type(incremental.prepare(params, path, data)) is StageInputs, path
+
+
+@pytest.mark.parametrize("kind", list(EVALUATORS))
+def test_float64_decisions_match_the_literal_reference(kind):
+    """Decision for decision and parameters to 1e-10, over the layers of `LAYERS` in order: the
+    stages before the searched one in inference mode with the first images' statistics, one
+    shuffle per block (stages_4's kernel and shortcut restart at batch 0)."""
+    model, params, data = small_resnet()
+    rso = make_rso(model, kind, 8, cycles=3)
+    state = rso.init(params, jax.random.key(72), data).replace(cycle=jnp.int32(1))
+    seen = set()
+    for path in LAYERS:
+        expected_leaf, expected = reference_sweep(reference_loss(model, path, data[0]), rso, state,
+                                                  data, path)
+        state, choices = engine_choices(rso, state, data, path)
+        assert choices == expected, path
+        np.testing.assert_allclose(rsojax.get_leaf(state.params, path), expected_leaf, rtol=0, atol=1e-10, err_msg=path)
+        seen |= set(choices)
+    assert {0, 1, 2} <= seen
+
+
+def test_float32_evaluators_agree():
+    """From the same float32 state and draws, every evaluator takes the decision of `Uncached`
+    (which recomputes the stages before the searched one from the images) on at least 99.9% of
+    the weights; the state follows `Uncached`'s choice."""
+    model, params, data = small_resnet(n=32, dtype=jnp.float32)
+    evaluators = [EVALUATORS[name](model) for name in EVALUATORS]
+    rso = make_rso(model, "generic", 16, cycles=2)
+    state = rso.init(params, jax.random.key(11), data)
+    cfg = rso.config
+
+    @functools.partial(jax.jit, static_argnames="path")
+    def decide(params, ctxs, perm_N, layer_key, sigma, i, path):
+        leaf = rsojax.get_leaf(params, path)
+        j = jnp.asarray(rsojax.weight_order(leaf.shape))[i]
+        dw = sigma * jax.random.normal(jax.random.fold_in(layer_key, i), (), leaf.dtype)
+        w = leaf.ravel()[j] * (1 - cfg.weight_decay)
+        values_3 = jnp.stack([w, w + dw, w - dw])
+        idx_B = batch_at(perm_N, i, cfg.batch_size)
+        ctxs = [e.refresh(c, params, path, j) for e, c in zip(evaluators, ctxs)]
+        choices = jnp.stack([rsojax.choose(e.losses(c, params, path, j, values_3, idx_B)) for e, c in zip(evaluators, ctxs)])
+        params = rsojax.set_leaf(params, path, leaf.ravel().at[j].set(values_3[choices[-1]]).reshape(leaf.shape))
+        return params, ctxs, choices
+
+    params, choices, ctxs = state.params, [], [None] * len(evaluators)
+    for path in LAYERS[::2] + LAYERS[-1:]:
+        layer = rso.layers.index(path)
+        sigma = state.sigmas[path] * anneal(state.cycle, cfg.cycles, cfg.anneal_floor).astype(jnp.float32)
+        layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), layer)
+        perm_N = block_permutation(state.data_key, state.cycle, rso.blocks[layer], state.n_examples)
+        ctxs = [e.prepare(params, path, data, c) for e, c in zip(evaluators, ctxs)]
+        for i in range(rsojax.get_leaf(params, path).size):
+            params, ctxs, c = decide(params, ctxs, perm_N, layer_key, sigma, i, path)
+            choices.append(np.asarray(c))
+    choices = np.array(choices)
+    assert len(choices) == 40 + 4 + 36 + 54 and len(set(choices[:, -1])) == 3
+    agree = (choices == choices[:, -1:]).all(axis=1)
+    assert agree.sum() >= 0.999 * len(agree), (agree.sum(), len(agree))
