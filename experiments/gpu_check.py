@@ -1,0 +1,424 @@
+"""One prepared check of rsojax on a GPU, in one call, within a time budget (issues 11 and 12).
+
+    PYTHONPATH=. python3 experiments/gpu_check.py --data gpu/mnist.npz --out $OUT --budget_s 480
+
+Four parts, each with a share of --budget_s (time a part leaves unused goes to the next);
+each is guarded, so a failure in one is recorded and the others still run:
+
+  benchmark  `experiments/benchmark.py` per evaluator (incremental, cached) at batch 5000
+             and 512, at precision float32 and default (TF32 on NVIDIA GPUs), as
+             subprocesses, before this process touches the GPU (which JAX would claim);
+             batch 5000 first; a run that cannot finish in what is left is skipped.
+  protocol   the paper's protocol (`rsojax.experiment.ExperimentConfig` defaults: the
+             default evaluator, batch 5000, the 50-cycle anneal, all training images) for as
+             many cycles as fit: test accuracy and seconds per cycle.
+  agreement  on the parameters the protocol reached, the decisions of precision "default"
+             against "float32" for random conv-2 weights at the protocol's batch, all from
+             one state (`rsojax.diagnostics.agreement`, with the Cached evaluator).
+  sgd        the optax SGD baseline (`rsojax.experiment.SGDConfig`) on the same network,
+             data and card, for as many epochs as fit: seconds per epoch and test accuracy.
+
+Writes OUT/gpu_check.json (every number, the benchmark JSONs included), OUT/gpu_check.md
+(markdown tables for the README, with the card, the JAX version and the commit) and
+OUT/gpu_check.log (this output and the benchmarks'), all rewritten after every part.
+--tiny shrinks every part so that the whole script runs on a CPU in a few minutes (a smoke
+test); each size can also be set alone.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARTS = {"benchmark": 0.40, "protocol": 0.30, "agreement": 0.10, "sgd": 0.15}  # shares of the budget
+RESERVE = 0.05  # of the budget, kept for writing the results
+AGREEMENT_LAYER = "stages_1/Conv_0/kernel"  # conv 2: the layer of the issue-11 measurement
+
+# Sizes: the real check and the CPU smoke test (--tiny); a flag given explicitly wins.
+FULL = {
+    "train_subset": 0, "batch_size": 5000, "channels": 16, "max_cycles": 0, "sgd_batch_size": 128, "max_epochs": 0,
+    "agreement_weights": 256, "bench_modes": "incremental,cached", "bench_batch_sizes": "5000,512",
+    "bench_precisions": "float32,default", "bench_train_size": 60000, "bench_weights": 36,
+}
+TINY = {
+    "train_subset": 512, "batch_size": 64, "channels": 2, "max_cycles": 2, "sgd_batch_size": 64, "max_epochs": 2,
+    "agreement_weights": 16, "bench_modes": "cached", "bench_batch_sizes": "32",
+    "bench_precisions": "float32", "bench_train_size": 256, "bench_weights": 1,
+}
+
+
+class Check:
+    """The results so far, the log, and the clock of the budget."""
+
+    def __init__(self, args):
+        self.args, self.tic = args, time.monotonic()
+        self.end = self.tic + args.budget_s * (1 - RESERVE)
+        os.makedirs(args.out, exist_ok=True)
+        self.log_file = open(os.path.join(args.out, "gpu_check.log"), "a")
+        self.results = {
+            "script": "experiments/gpu_check.py",
+            "argv": sys.argv[1:],
+            "commit": args.commit or commit(),
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "budget_s": args.budget_s,
+            "sizes": {k: getattr(args, k) for k in FULL},
+            "parts": {},
+        }
+
+    def say(self, line: str, quiet: bool = False):
+        """A progress line on stdout (unless `quiet`) and in the log."""
+        line = f"[gpu_check {time.monotonic() - self.tic:6.1f}s] {line}"
+        if not quiet:
+            print(line, flush=True)
+        self.log_file.write(line + "\n")
+        self.log_file.flush()
+
+    def deadline(self, part: str) -> float:
+        """When `part` must stop: its share of the time left, against the parts still to run."""
+        names = list(PARTS)
+        left = sum(PARTS[p] for p in names[names.index(part):])
+        return time.monotonic() + max(self.end - time.monotonic(), 0.0) * PARTS[part] / left
+
+    def run(self, part: str, fn, *args):
+        """Runs `fn(deadline, result, *args)`, a part filling `result`; records its status,
+        time and any error, and writes the files whatever happens."""
+        result = self.results["parts"].setdefault(part, {})
+        deadline = self.deadline(part)
+        self.say(f"{part}: start, {deadline - time.monotonic():.0f} s of budget")
+        tic = time.monotonic()
+        try:
+            out = fn(deadline, result, *args)
+            result["status"] = "ok"
+        except Exception as e:  # noqa: BLE001: one part's failure must not lose the others'
+            out = None
+            result |= {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+            self.say(f"{part}: FAILED {type(e).__name__}: {e}")
+            self.say(traceback.format_exc(), quiet=True)
+        result["seconds"] = time.monotonic() - tic
+        self.say(f"{part}: {result['status']} in {result['seconds']:.0f} s")
+        self.write()
+        return out
+
+    def write(self):
+        """gpu_check.json, then gpu_check.md (a failure in the tables loses no number)."""
+        from rsojax.records import write_json
+
+        write_json(os.path.join(self.args.out, "gpu_check.json"), self.results)
+        try:
+            text = markdown(self.results)
+        except Exception as e:  # noqa: BLE001
+            text = f"The tables could not be made ({type(e).__name__}: {e}); the numbers are in gpu_check.json.\n"
+            self.say(traceback.format_exc(), quiet=True)
+        with open(os.path.join(self.args.out, "gpu_check.md"), "w") as f:
+            f.write(text)
+
+
+def commit() -> str:
+    """The checkout's commit (with "-dirty" if it has changes), or "unknown" without git."""
+    try:
+        return subprocess.run(
+            ["git", "-C", ROOT, "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# ---- the parts ---------------------------------------------------------------------------
+
+
+def benchmark(deadline: float, result: dict, check: Check):
+    """experiments/benchmark.py per (batch, evaluator, precision), each in its own process."""
+    a = check.args
+    result["runs"] = runs = []
+    tmp = tempfile.mkdtemp(prefix="gpu_check_bench_")
+    longest = 0.0
+    for batch in map(int, a.bench_batch_sizes.split(",")):
+        for mode in a.bench_modes.split(","):
+            for precision in a.bench_precisions.split(","):
+                name = f"{mode}_{batch}_{precision}"
+                left = deadline - time.monotonic()
+                if left < longest:  # the runs take about as long as each other
+                    runs.append({"name": name, "status": f"skipped: {left:.0f} s left, a run took {longest:.0f} s"})
+                    check.say(f"benchmark {name}: skipped ({left:.0f} s left)")
+                    continue
+                out = os.path.join(tmp, f"{name}.json")
+                cmd = [sys.executable, os.path.join(ROOT, "experiments", "benchmark.py"), "--mode", mode,
+                       "--batch_size", str(batch), "--precision", precision, "--train_size", str(a.bench_train_size),
+                       "--weights_per_layer", str(a.bench_weights), "--out", out]
+                env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+                tic = time.monotonic()
+                try:
+                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left, env=env, cwd=ROOT)
+                    status = "ok" if proc.returncode == 0 else f"exit code {proc.returncode}"
+                    output = proc.stdout + proc.stderr
+                except subprocess.TimeoutExpired as e:
+                    status, output = f"timed out after {left:.0f} s", f"{e.stdout or ''}{e.stderr or ''}"
+                seconds = time.monotonic() - tic
+                longest = max(longest, seconds)
+                check.say(f"benchmark {name} output:\n{output}", quiet=True)
+                run = {"name": name, "status": status, "process_seconds": seconds}
+                if status == "ok":
+                    with open(out) as f:
+                        run["result"] = json.load(f)
+                    r = run["result"]
+                    check.say(f"benchmark {name}: cycle {r['cycle_seconds']:.2f} s, compile {r['compile_seconds']:.0f} s, "
+                              f"{r['achieved_gflops']:.0f} GFLOP/s ({seconds:.0f} s in all)")
+                else:
+                    check.say(f"benchmark {name}: {status}; last output: {output.strip()[-500:]}")
+                runs.append(run)
+    if not any(r["status"] == "ok" for r in runs):
+        raise RuntimeError("no benchmark run finished")
+
+
+def protocol(deadline: float, result: dict, check: Check, setup):
+    """RSO at the protocol's settings until the deadline or `max_cycles`; returns the state."""
+    from rsojax.train import run_rso
+
+    config, model, data, rso = setup
+    a = check.args
+    result |= {"evaluator": config.evaluator, "batch_size": config.rso.batch_size, "cycles_planned": config.rso.cycles,
+               "precision": config.rso.precision, "train_images": int(data.x_train.shape[0]), "cycles": [], "layers": [],
+               "stopped": "all cycles done"}
+    state, last = None, rso.layers[-1]
+    for step in run_rso(rso, model, data, seed=config.seed, init_seed=config.init_seed, chunk_size=config.chunk_size):
+        state = step.run.state
+        if step.record is not None:
+            r = step.record
+            result["layers"].append({k: r[k] for k in ("cycle", "layer", "accepted", "test_accuracy", "wall_time_s")})
+            if r["layer"] == last:
+                cycles = result["cycles"]
+                seconds = r["wall_time_s"] - (cycles[-1]["wall_time_s"] if cycles else 0.0)
+                cycles.append({"cycle": r["cycle"] + 1, "test_accuracy": r["test_accuracy"],
+                               "wall_time_s": r["wall_time_s"], "seconds": seconds})
+                check.say(f"protocol: cycle {r['cycle'] + 1}: test accuracy {100 * r['test_accuracy']:.2f}%, "
+                          f"{seconds:.1f} s (training time {r['wall_time_s']:.0f} s)")
+                summarise_protocol(result)
+                check.write()  # a kill by the outer timeout keeps the cycles done
+                if a.max_cycles and len(cycles) >= a.max_cycles:
+                    result["stopped"] = "max_cycles"
+                    break
+        if time.monotonic() > deadline:
+            result["stopped"] = "budget"
+            break
+    summarise_protocol(result)
+    return state
+
+
+def summarise_protocol(result: dict):
+    cycles, layers = result["cycles"], result["layers"]
+    result["cycles_done"] = len(cycles)
+    result["layer_sweeps_done"] = len(layers)
+    if layers:
+        result["best_test_accuracy"] = max(r["test_accuracy"] for r in layers)
+    if cycles:
+        result["first_cycle_s"] = cycles[0]["seconds"]  # with compilation
+    if len(cycles) > 1:
+        result["median_cycle_s"] = float(np.median([c["seconds"] for c in cycles[1:]]))
+        # Per layer in the last whole cycle: where the time goes (issue 12).
+        last = [r for r in layers if r["cycle"] == cycles[-1]["cycle"] - 1]
+        start = cycles[-2]["wall_time_s"]
+        result["last_cycle_layer_s"] = {}
+        for r in last:
+            result["last_cycle_layer_s"][r["layer"]] = r["wall_time_s"] - start
+            start = r["wall_time_s"]
+
+
+def agreement(deadline: float, result: dict, check: Check, setup, state):
+    """Precision "default" against "float32" on random conv-2 weights, from `state`."""
+    from rsojax.diagnostics import agreement as compare
+    from rsojax.evaluators import EVALUATORS
+    from rsojax.rso import RSO
+    from rsojax.train import start_rso
+
+    del deadline  # one compiled call per precision: nothing to stop between
+    config, model, data, rso = setup
+    if state is None:
+        state = start_rso(rso, model, data, config.seed, config.init_seed).run.state
+        result["state"] = "initial parameters (the protocol part reached no state)"
+    else:
+        result["state"] = "after the protocol part"
+    # Cached: the Incremental losses without a per-weight context; 4 weights at a time bounds
+    # the memory of the candidates' activations at batch 5000 (the decisions do not change).
+    cached = EVALUATORS["cached"](model)
+    a, b = (RSO(cached, rso.layers, dataclasses.replace(config.rso, precision=p, parallel_vmap=4))
+            for p in ("float32", "default"))
+    n = a.n_weights(state, AGREEMENT_LAYER)
+    positions = np.sort(np.random.default_rng(0).choice(n, min(check.args.agreement_weights, n), replace=False))
+    result |= {"layer": AGREEMENT_LAYER, "cycle": int(state.cycle), "batch_size": config.rso.batch_size,
+               "precisions": ["float32", "default"]}
+    result |= compare(a, b, state, (data.x_train, data.y_train), AGREEMENT_LAYER, positions)
+    check.say(f"agreement: {result['agree']} of {result['weights']} decisions equal ({100 * result['agreement']:.1f}%), "
+              f"median loss error {result['median_loss_error']:.3g}, median gap {result['median_gap']:.3g}")
+
+
+def sgd(deadline: float, result: dict, check: Check, setup):
+    """The optax SGD baseline until the deadline or `max_epochs`."""
+    import optax
+
+    from rsojax.train import run_sgd
+
+    config, model, data, _ = setup
+    a, s = check.args, config.sgd
+    result |= {"learning_rate": s.learning_rate, "momentum": s.momentum, "batch_size": a.sgd_batch_size, "epochs": []}
+    optimizer = optax.sgd(s.learning_rate, momentum=s.momentum)
+    steps = run_sgd(model, data, optimizer, epochs=s.epochs, batch_size=a.sgd_batch_size, seed=config.seed,
+                    init_seed=config.init_seed, precision=config.rso.precision)
+    for step in steps:
+        r, epochs = step.record, result["epochs"]
+        seconds = r["wall_time_s"] - (epochs[-1]["wall_time_s"] if epochs else 0.0)
+        epochs.append({"epoch": r["epoch"] + 1, "test_accuracy": r["test_accuracy"], "wall_time_s": r["wall_time_s"],
+                       "seconds": seconds})
+        check.say(f"sgd: epoch {r['epoch'] + 1}: test accuracy {100 * r['test_accuracy']:.2f}%, {seconds:.1f} s")
+        if time.monotonic() > deadline or (a.max_epochs and len(epochs) >= a.max_epochs):
+            break
+    result["epochs_done"] = len(result["epochs"])
+    if len(result["epochs"]) > 1:
+        result["median_epoch_s"] = float(np.median([e["seconds"] for e in result["epochs"][1:]]))
+
+
+# ---- the markdown ------------------------------------------------------------------------
+
+
+def markdown(results: dict) -> str:
+    """The results as markdown tables for the README."""
+    from rsojax.records import markdown_table
+
+    parts = results["parts"]
+    out = [f"Measured by `experiments/gpu_check.py` on {results.get('device', 'an unknown device')}, "
+           f"jax {results.get('jax_version', '?')}, rsojax at {results['commit']}, {results['started']}.", ""]
+
+    bench = parts.get("benchmark", {})
+    rows = []
+    for run in bench.get("runs", []):
+        r = run.get("result")
+        if r is None:
+            rows.append([run["name"], "", "", run["status"], "", "", "", ""])
+            continue
+        conv2 = next(x for x in r["per_layer"] if x["layer"] == AGREEMENT_LAYER)
+        rows.append([r["mode"], r["batch_size"], r["precision"], f"{r['cycle_seconds']:.2f}",
+                     f"{1000 / conv2['weights_per_s']:.3f}", f"{r['weights_per_s']:.0f}", f"{r['achieved_gflops']:.0f}",
+                     f"{r['compile_seconds']:.0f}"])
+    out += ["### Seconds per cycle (`experiments/benchmark.py`)", "",
+            markdown_table(["evaluator", "batch", "precision", "cycle (s)", "conv 2 (ms/weight)", "weights/s",
+                            "GFLOP/s", "compile (s)"], rows) if rows else _status(bench), ""]
+
+    prot = parts.get("protocol", {})
+    out += ["### The paper's protocol (as many cycles as fitted)", ""]
+    if prot.get("cycles"):
+        cycles = prot["cycles"]
+        out += [f"{prot['evaluator']} evaluator, batch {prot['batch_size']}, {prot['cycles_planned']}-cycle anneal, "
+                f"{prot['train_images']:,} training images, precision {prot['precision']}:", "",
+                markdown_table(["cycles done", *[str(c["cycle"]) for c in cycles]],
+                               [["test accuracy (%)", *[f"{100 * c['test_accuracy']:.2f}" for c in cycles]],
+                                ["training time (s)", *[f"{c['wall_time_s']:.1f}" for c in cycles]]]), "",
+                f"First cycle {prot['first_cycle_s']:.1f} s (with compilation)"
+                + (f", then {prot['median_cycle_s']:.2f} s per cycle (median)" if "median_cycle_s" in prot else "")
+                + f"; best test accuracy after any layer sweep {100 * prot['best_test_accuracy']:.2f}%.", ""]
+    else:
+        out += [_status(prot) + f" ({prot.get('layer_sweeps_done', 0)} layer sweeps, no whole cycle)", ""]
+
+    agree = parts.get("agreement", {})
+    out += ["### Decisions: precision default against float32", ""]
+    if "agreement" in agree:
+        out += [markdown_table(
+            ["layer", "state", "batch", "weights", "same decision", "median loss error", "median gap (best two)"],
+            [[f"`{agree['layer']}`", f"cycle {agree['cycle']}, {agree['state']}", agree["batch_size"], agree["weights"],
+              f"{agree['agree']} ({100 * agree['agreement']:.1f}%)", f"{agree['median_loss_error']:.3g}",
+              f"{agree['median_gap']:.3g}"]]), ""]
+    else:
+        out += [_status(agree), ""]
+
+    s = parts.get("sgd", {})
+    out += ["### The optax SGD baseline", ""]
+    if s.get("epochs"):
+        epochs = s["epochs"]
+        out += [f"SGD, learning rate {s['learning_rate']}, momentum {s['momentum']}, batch {s['batch_size']}:", "",
+                markdown_table(["epochs done", *[str(e["epoch"]) for e in epochs]],
+                               [["test accuracy (%)", *[f"{100 * e['test_accuracy']:.2f}" for e in epochs]],
+                                ["training time (s)", *[f"{e['wall_time_s']:.1f}" for e in epochs]]]), ""]
+        if "median_epoch_s" in s:
+            out += [f"{s['median_epoch_s']:.2f} s per epoch after the first (median).", ""]
+    else:
+        out += [_status(s), ""]
+    return "\n".join(out)
+
+
+def _status(part: dict) -> str:
+    return f"Not measured: {part.get('error') or part.get('status') or 'not run'}."
+
+
+# ---- the command line --------------------------------------------------------------------
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="gpu_check.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 2)[2])
+    p.add_argument("--data", required=True, help="MNIST as .npz (x_train, y_train, x_test, y_test; see the README)")
+    p.add_argument("--out", required=True, help="folder for gpu_check.json, gpu_check.md and gpu_check.log")
+    p.add_argument("--budget_s", type=float, default=480.0, help="seconds for all four parts [default: 480]")
+    p.add_argument("--tiny", action="store_true", help="CPU-sized parts (a smoke test)")
+    p.add_argument("--commit", default=None, help="the code's commit, where the checkout has no git [default: git's]")
+    for name, value in FULL.items():
+        p.add_argument(f"--{name}", type=type(value), default=None,
+                       help=f"[default: {value}; with --tiny: {TINY[name]}]" + (" (0: no limit)" if "max" in name else ""))
+    args = p.parse_args(argv)
+    for name in FULL:
+        if getattr(args, name) is None:
+            setattr(args, name, (TINY if args.tiny else FULL)[name])
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
+    # One persistent compilation cache for the benchmarks and this process: the protocol's
+    # sweeps are the benchmark's incremental float32 ones at batch 5000, compiled once.
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="gpu_check_jax_cache_"))
+    check = Check(args)
+    check.say(f"budget {args.budget_s:.0f} s, sizes {check.results['sizes']}, commit {check.results['commit']}")
+    check.run("benchmark", benchmark, check)  # first: the subprocesses need the GPU to themselves
+
+    import jax
+
+    from rsojax import experiment
+    from rsojax.evaluators import EVALUATORS
+    from rsojax.rso import RSOConfig
+    from rsojax.train import rso_trainer
+
+    device = jax.devices()[0]
+    check.results |= {"device": f"{device.device_kind} ({device.platform}) x{jax.device_count()}",
+                      "jax_version": jax.__version__}
+    check.say(f"device {check.results['device']}, jax {jax.__version__}")
+    config = experiment.ExperimentConfig(
+        data=args.data, train_subset=args.train_subset, channels=args.channels, rso=RSOConfig(batch_size=args.batch_size)
+    )
+    tic = time.monotonic()
+    try:
+        data, model = experiment.load_data(config), experiment.build_model(config)
+    except Exception as e:
+        check.results["data_error"] = f"{type(e).__name__}: {e}"
+        check.say(f"data: FAILED {check.results['data_error']}; the other parts need it")
+        check.write()
+        raise
+    setup = (config, model, data, rso_trainer(model, config.rso, EVALUATORS[config.evaluator](model)))
+    check.say(f"data: {data.x_train.shape[0]:,} training and {data.x_test.shape[0]:,} test images "
+              f"({time.monotonic() - tic:.1f} s)")
+    state = check.run("protocol", protocol, check, setup)
+    check.run("agreement", agreement, check, setup, state)
+    check.run("sgd", sgd, check, setup)
+    check.say(f"done; {args.out}/gpu_check.md:\n" + markdown(check.results))
+    return check.results
+
+
+if __name__ == "__main__":
+    main()
