@@ -29,7 +29,8 @@ import sys
 import textwrap
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import jax
 import optax
@@ -358,35 +359,14 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str) -> dict:
             "the paper's protocol: RSO, %d cycles at batch %d on the whole %s training set (GPU work; "
             "a first run on a CPU: %s)", config.rso.cycles, config.rso.batch_size, task.title, FIRST_RUN,
         )
-    _check_workdir(workdir, config)
     if config.distributed:  # unset values come from the environment or the cluster (Slurm, Open MPI)
         sharding.distributed_init(config.coordinator_address, config.num_processes, config.process_id)
     writer = jax.process_index() == 0  # the other processes compute the same run and write nothing
-    if not writer:
+    if writer:
+        _check_workdir(workdir, config)
+    else:
         log.setLevel(logging.WARNING)
-    try:
-        mesh = sharding.make_mesh(config.devices)
-        sharding.check_batch(config.batch_size, mesh)
-        data = load_data(config)
-        model = build_model(config)
-        if tuple(data.x_train.shape[1:]) != tuple(model.input_shape):
-            raise ValueError(
-                f"data: the {task.title} network takes images of shape {tuple(model.input_shape)}, "
-                f"the data has {tuple(data.x_train.shape[1:])}"
-            )
-        if config.optimizer == "rso":
-            rso = rso_trainer(model, config.rso, EVALUATORS[config.evaluator](model), config.kernels_only, mesh)
-            fresh = start_rso(rso, model, data, config.seed, config.init_seed)
-            layers = rso.layers
-        else:
-            n = data.x_train.shape[0]
-            if config.sgd.batch_size > n:
-                raise ValueError(f"batch_size: {config.sgd.batch_size} is larger than the training set ({n} images)")
-            optimizer = optax.sgd(config.sgd.learning_rate, momentum=config.sgd.momentum)
-            fresh = start_sgd(model, optimizer, config.init_seed)
-            layers = None
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        raise UsageError(_flagged(str(e))) from None
+    mesh, data, training = _prepare(config)
 
     # Everything is checked: from here on the workdir is written (by process 0).
     summary_path = os.path.join(workdir, "summary.json")
@@ -395,7 +375,7 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str) -> dict:
     # Made after the data is loaded: TFDS's mock file system (tests) is active while a
     # dataset loads, and would catch the checkpoint manager's background file operations.
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints")) if writer else None
-    restored, meta = _restore(checkpointer, fresh)
+    restored, meta = _restore(checkpointer, training.fresh)
     if restored and meta["finished"] and (os.path.exists(summary_path) or not writer):
         if checkpointer is not None:
             checkpointer.close()
@@ -405,16 +385,8 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str) -> dict:
         log.info("the run in %s has finished already: %s", workdir, _result(summary))
         return summary
 
-    if config.optimizer == "rso":
-        steps = run_rso(rso, model, data, restored or fresh, chunk_size=config.chunk_size)
-        per_cycle = sum(get_leaf(fresh.run.state.params, path).size for path in rso.layers)
-        progress = Progress(config.rso.cycles * per_cycle, (restored or fresh).weight_updates, config.progress_every_s, writer)
-    else:
-        steps = run_sgd(
-            model, data, optimizer, restored or fresh, epochs=config.sgd.epochs, batch_size=config.sgd.batch_size,
-            seed=config.seed, mesh=mesh, precision=config.rso.precision,
-        )
-        progress = Progress(config.sgd.epochs, int((restored or fresh).run.epoch), config.progress_every_s, writer, "epoch")
+    start = restored or training.fresh
+    progress = Progress(training.total, training.position(start)[0], config.progress_every_s, writer, training.unit)
     log.info(
         "%s on %d %s training images, %s x%d in %d process(es), %s",
         config.optimizer, data.x_train.shape[0], task.title, jax.devices()[0], mesh.size, jax.process_count(),
@@ -425,15 +397,15 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str) -> dict:
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     if writer:
         write_records(metrics_path, records)  # the records of the checkpoint resumed from, nothing after it
-    step, last_save = restored or fresh, time.monotonic()
+    step, last_save = start, time.monotonic()
     with open(metrics_path if writer else os.devnull, "a") as metrics_file:
-        for step in steps:
+        for step in training.steps(start):
             if step.record is not None:
                 records.append(step.record)
                 metrics_file.write(json.dumps(step.record) + "\n")
                 metrics_file.flush()
                 progress.note(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in step.record.items()))
-            progress.update(*_position(step, layers, config.cycles))
+            progress.update(*training.position(step))
             if step.record is not None or time.monotonic() - last_save >= config.checkpoint_every_s:
                 _save(checkpointer, step, records, finished=False)
                 last_save = time.monotonic()
@@ -472,6 +444,70 @@ def _result(summary: dict) -> str:
         f"test accuracy {summary['test_accuracy']:.4f} (best {summary['best_test_accuracy']:.4f}) after "
         f"{summary['weight_updates']:,} weight updates, {summary['wall_time_s']:.0f} s of training"
     )
+
+
+class _Training(NamedTuple):
+    """A checked run, ready to start or resume."""
+
+    fresh: Step  # the step before any work
+    steps: Callable[[Step], Iterator[Step]]  # the steps after a given one, to the end
+    total: int  # the work of the whole run, in `unit`s
+    unit: str  # "weight" (RSO: weight visits) or "epoch" (SGD)
+    position: Callable[[Step], tuple[int, str]]  # a step's work done, in units, and where the run is
+
+
+def _prepare(config: ExperimentConfig) -> tuple:
+    """`(mesh, data, training)`, every setting checked against the devices and the data.
+
+    Raises:
+      UsageError: a bad setting or data, naming the flag (or the data's key).
+    """
+    task = TASKS[config.task]
+    try:
+        mesh = sharding.make_mesh(config.devices)
+        sharding.check_batch(config.batch_size, mesh)
+        data = load_data(config)
+        model = build_model(config)
+        if tuple(data.x_train.shape[1:]) != tuple(model.input_shape):
+            raise ValueError(
+                f"data: the {task.title} network takes images of shape {tuple(model.input_shape)}, "
+                f"the data has {tuple(data.x_train.shape[1:])}"
+            )
+        if config.optimizer == "rso":
+            return mesh, data, _rso_training(config, model, data, mesh)
+        n = data.x_train.shape[0]
+        if config.sgd.batch_size > n:
+            raise ValueError(f"batch_size: {config.sgd.batch_size} is larger than the training set ({n} images)")
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        raise UsageError(_flagged(str(e))) from None
+    optimizer = optax.sgd(config.sgd.learning_rate, momentum=config.sgd.momentum)
+    epochs = config.sgd.epochs
+
+    def steps(start):
+        return run_sgd(model, data, optimizer, start, epochs=epochs, batch_size=config.sgd.batch_size, seed=config.seed,
+                       mesh=mesh, precision=config.rso.precision)
+
+    def position(step):
+        return int(step.run.epoch), f"epoch {int(step.run.epoch)}/{epochs}"
+
+    return mesh, data, _Training(start_sgd(model, optimizer, config.init_seed), steps, epochs, "epoch", position)
+
+
+def _rso_training(config: ExperimentConfig, model, data: Dataset, mesh) -> _Training:
+    rso = rso_trainer(model, config.rso, EVALUATORS[config.evaluator](model), config.kernels_only, mesh)
+    fresh = start_rso(rso, model, data, config.seed, config.init_seed)
+    cycles = config.rso.cycles
+
+    def steps(start):
+        return run_rso(rso, model, data, start, chunk_size=config.chunk_size)
+
+    def position(step):
+        if step.record is not None:  # the step after a sweep: name the layer just finished
+            return step.weight_updates, f"cycle {step.record['cycle'] + 1}/{cycles}, {step.record['layer']}"
+        return step.weight_updates, f"cycle {int(step.run.state.cycle) + 1}/{cycles}, {rso.layers[int(step.run.layer)]}"
+
+    per_cycle = sum(get_leaf(fresh.run.state.params, path).size for path in rso.layers)
+    return _Training(fresh, steps, cycles * per_cycle, "weight", position)
 
 
 def load_data(config: ExperimentConfig) -> Dataset:
@@ -554,16 +590,6 @@ def _restore(checkpointer: Checkpointer | None, fresh: Step) -> tuple[Step | Non
         return None, None
     _, run, meta = found
     return Step(run, meta["weight_updates"], meta["wall_time_s"]), meta
-
-
-def _position(step: Step, layers, cycles: int) -> tuple[int, str]:
-    """(work done, where the run is) of a step: weight visits and layer (RSO), epochs (SGD)."""
-    if layers is None:
-        return int(step.run.epoch), f"epoch {int(step.run.epoch)}/{cycles}"
-    cycle, layer = int(step.run.state.cycle), int(step.run.layer)
-    if step.record is not None:  # the step after a sweep: name the layer just finished
-        return step.weight_updates, f"cycle {step.record['cycle'] + 1}/{cycles}, {step.record['layer']}"
-    return step.weight_updates, f"cycle {cycle + 1}/{cycles}, {layers[layer]}"
 
 
 class Progress:
