@@ -1,7 +1,7 @@
 """Test accuracy as the RSO reference code measures it.
 
 BN statistics are taken from the first `stats_images` (2000) training images in batch mode,
-then the test set runs with those statistics (`train=False`), in chunks of `chunk_size`, at
+then the test set runs with those statistics (`train=False`), `eval_batch` images per pass, at
 the precision `precision` (`rsojax.precision`: full float32 by default on every backend).
 """
 
@@ -25,37 +25,37 @@ def predict(model: Sequential, params, batch_stats, x) -> jax.Array:
     return jnp.argmax(model.apply({"params": params, "batch_stats": batch_stats}, x, train=False), axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "stats_images", "chunk_size"))
-def _correct(model, params, x_train, x_test, y_test, stats_images, chunk_size):
+@functools.partial(jax.jit, static_argnames=("model", "stats_images", "eval_batch"))
+def _correct(model, params, x_train, x_test, y_test, stats_images, eval_batch):
     batch_stats = bn_statistics(model, params, x_train[:stats_images])
-    n_full = x_test.shape[0] // chunk_size * chunk_size
-    chunks = x_test[:n_full].reshape(-1, chunk_size, *x_test.shape[1:])
-    preds = jax.lax.map(lambda x: predict(model, params, batch_stats, x), chunks).reshape(-1)
+    n_full = x_test.shape[0] // eval_batch * eval_batch
+    passes = x_test[:n_full].reshape(-1, eval_batch, *x_test.shape[1:])
+    preds = jax.lax.map(lambda x: predict(model, params, batch_stats, x), passes).reshape(-1)
     correct = jnp.sum(preds == y_test[:n_full])
     if n_full < x_test.shape[0]:
         correct += jnp.sum(predict(model, params, batch_stats, x_test[n_full:]) == y_test[n_full:])
     return correct
 
 
-def _at_precision(fn, model, params, x_train, x_test, y_test, stats_images, chunk_size, precision):
+def _at_precision(fn, model, params, x_train, x_test, y_test, stats_images, eval_batch, precision):
     """`fn` (`_correct` or `_correct.lower`) on validated arguments, traced at `precision`."""
     if x_test.shape[0] != y_test.shape[0]:
         raise ValueError(f"x_test, y_test: {x_test.shape[0]} images but {y_test.shape[0]} labels")
     with precision_scope(precision):
-        return fn(model, params, x_train, x_test, y_test, stats_images, min(chunk_size, x_test.shape[0]))
+        return fn(model, params, x_train, x_test, y_test, stats_images, min(eval_batch, x_test.shape[0]))
 
 
 def accuracy(
-    model: Sequential, params, x_train, x_test, y_test, stats_images=2000, chunk_size=2000, precision="float32"
+    model: Sequential, params, x_train, x_test, y_test, stats_images=2000, eval_batch=2000, precision="float32"
 ) -> float:
     """Test accuracy with BN statistics of the first `stats_images` training images, with
     convolutions and matrix products at `precision` (a name of `rsojax.precision.PRECISIONS`)."""
-    correct = _at_precision(_correct, model, params, x_train, x_test, y_test, stats_images, chunk_size, precision)
+    correct = _at_precision(_correct, model, params, x_train, x_test, y_test, stats_images, eval_batch, precision)
     return float(correct) / x_test.shape[0]
 
 
 def lower_accuracy(
-    model: Sequential, params, x_train, x_test, y_test, stats_images=2000, chunk_size=2000, precision="float32"
+    model: Sequential, params, x_train, x_test, y_test, stats_images=2000, eval_batch=2000, precision="float32"
 ) -> jax.stages.Lowered:
     """The compiled part of `accuracy` with the same arguments, lowered as it runs (to inspect its HLO)."""
-    return _at_precision(_correct.lower, model, params, x_train, x_test, y_test, stats_images, chunk_size, precision)
+    return _at_precision(_correct.lower, model, params, x_train, x_test, y_test, stats_images, eval_batch, precision)

@@ -43,7 +43,7 @@ def test_accuracy_uses_bn_statistics_of_first_training_images(stats_images, glob
     other_pool = "avg" if global_pool == "max" else "max"
     assert np.any(preds != literal_predictions(model, params, x, x_test, stats_images, other_pool))  # the pool matters
     y_test = np.where(np.arange(23) % 3 == 0, (preds + 1) % 10, preds)  # every third one wrong: 15 of 23 right
-    got = rsojax.accuracy(model, params, x, x_test, jnp.asarray(y_test), stats_images=stats_images, chunk_size=10)
+    got = rsojax.accuracy(model, params, x, x_test, jnp.asarray(y_test), stats_images=stats_images, eval_batch=10)
     assert got == pytest.approx(15 / 23, abs=1e-12)
 
 
@@ -52,7 +52,7 @@ def test_accuracy_counts_correct_predictions():
     x = jnp.eye(3, dtype=jnp.float64)
     params = {"stages_0": {"Dense_0": {"kernel": jnp.eye(3, 10, dtype=jnp.float64), "bias": jnp.zeros(10)}}}
     y = jnp.array([0, 1, 5])
-    assert rsojax.accuracy(model, params, x, x, y, chunk_size=2) == pytest.approx(2 / 3)
+    assert rsojax.accuracy(model, params, x, x, y, eval_batch=2) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="x_test, y_test"):
         rsojax.accuracy(model, params, x, x, y[:2])
 

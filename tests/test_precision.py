@@ -67,15 +67,15 @@ def test_default_config_is_float32():
 
 @pytest.mark.parametrize("precision", list(EXPECTED))
 def test_accuracy_carries_precision(float32_convnet, precision):
-    """The test-set evaluation of RSO and SGD: BN statistics and every chunk's forward pass."""
+    """The test-set evaluation of RSO and SGD: BN statistics and every pass over the test images."""
     model, params, (x, y) = float32_convnet
-    text = lower_accuracy(model, params, x, x[:10], y[:10], stats_images=8, chunk_size=4, precision=precision).as_text()
-    assert_all(text, precision, min_convs=6 * 2)  # 6 convs for the statistics, 6 per chunk
+    text = lower_accuracy(model, params, x, x[:10], y[:10], stats_images=8, eval_batch=4, precision=precision).as_text()
+    assert_all(text, precision, min_convs=6 * 2)  # 6 convs for the statistics, 6 per pass
 
 
 def test_accuracy_on_cpu_does_not_depend_on_precision(float32_convnet):
     model, params, (x, y) = float32_convnet
-    got = {p: rsojax.accuracy(model, params, x, x, y, stats_images=8, chunk_size=4, precision=p) for p in EXPECTED}
+    got = {p: rsojax.accuracy(model, params, x, x, y, stats_images=8, eval_batch=4, precision=p) for p in EXPECTED}
     assert got["float32"] == got["default"] > 0
 
 
