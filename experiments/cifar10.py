@@ -5,8 +5,8 @@
     python experiments/cifar10.py --optimizer sgd --cycles 50 --workdir runs/cifar10_sgd
 
 The flags, files and resumption of experiments/mnist.py, with the CIFAR-10 task of
-`rsojax.experiment.TASKS`: the residual network `rsojax.cifar10_resnet`, searched by the
-generic evaluator; images scaled to [0, 1] minus the per-channel training mean. The data is
+`rsojax.experiment.TASKS`: the residual network `rsojax.cifar10_resnet`; images scaled to
+[0, 1] minus the per-channel training mean. The data is
 TFDS cifar10/3.0.2 (--data_dir or $TFDS_DATA_DIR; --download fetches it, about 160 MB) or
 a .npz file (--data, Keras' cifar10 layout).
 """

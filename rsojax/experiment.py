@@ -63,8 +63,7 @@ class Task:
 
 TASKS = {
     "mnist": Task("MNIST", "mnist", mnist_convnet, ("incremental", "cached", "generic"), 50),
-    # A residual net is not a Sequential: only the generic path searches it (rsojax.models.ResidualNet).
-    "cifar10": Task("CIFAR-10", "cifar10", cifar10_resnet, ("generic",), 500),
+    "cifar10": Task("CIFAR-10", "cifar10", cifar10_resnet, ("incremental", "cached", "generic"), 500),
 }
 OPTIMIZERS = ("rso", "sgd")
 # Settings that may change between a run and its resumption (paths, timings, the host's role).

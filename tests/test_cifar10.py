@@ -1,61 +1,16 @@
-"""The CIFAR-10 network, its preprocessing and experiments/cifar10.py end to end on mock data."""
+"""CIFAR-10's preprocessing and experiments/cifar10.py end to end on mock data (the network:
+test_resnet.py)."""
 
-import flax.linen as nn
 import jax
 import numpy as np
-import pytest
-from conftest import random_data, script
+from conftest import script
 
 import rsojax
 from rsojax import experiment
 from rsojax.data import preprocess
-from rsojax.layer_order import get_leaf, leaf_paths
-from rsojax.models import BatchNorm, cifar10_resnet
+from rsojax.layer_order import get_leaf
+from rsojax.models import cifar10_resnet
 from rsojax.records import read_records
-
-
-def test_network_has_the_papers_size_and_a_complete_search_order():
-    model = cifar10_resnet()
-    params = rsojax.init_params(model)
-    assert sum(a.size for a in jax.tree.leaves(params)) == 57_104
-    order = model.search_order()
-    assert sorted(order) == sorted(leaf_paths(params)) and len(set(order)) == len(order) == 31
-    assert order[:4] == ["dense/kernel", "conv_9/kernel", "bn_9/bias", "bn_9/scale"]
-    at = order.index("conv_5/kernel")
-    assert order[at: at + 6] == ["conv_5/kernel", "bn_5/bias", "bn_5/scale", "shortcut_5/kernel",
-                                 "shortcut_bn_5/bias", "shortcut_bn_5/scale"]
-    assert order[-3:] == ["conv_1/kernel", "bn_1/bias", "bn_1/scale"]
-    assert model.search_order(kernels_only=True) == ["dense/kernel"] + [
-        k for i in range(9, 0, -1) for k in [f"conv_{i}/kernel"] + (["shortcut_5/kernel"] if i == 5 else [])
-    ]
-
-
-def test_residual_additions_pools_and_shortcut_written_out():
-    model = cifar10_resnet(channels=2)
-    x, _ = random_data(4, model.input_shape)
-    params = rsojax.init_params(model)
-    logits, state = model.apply({"params": params}, x, capture_intermediates=True, mutable=["intermediates"])
-    out = {k: v["__call__"][0] for k, v in state["intermediates"].items() if k != "__call__"}
-
-    def bn(name, h):
-        return BatchNorm().apply({"params": params[name]}, h, train=True)
-
-    def pool(h):
-        return nn.avg_pool(h, (2, 2), strides=(2, 2))
-
-    expected = {
-        "bn_2": bn("bn_2", out["conv_2"]),
-        "bn_3": bn("bn_3", pool(out["conv_3"] + out["bn_1"])),
-        "bn_4": bn("bn_4", out["conv_4"]),
-        "bn_5": bn("bn_5", pool(out["conv_5"] + bn("shortcut_bn_5", out["shortcut_5"]))),
-        "bn_7": bn("bn_7", out["conv_7"] + out["bn_5"]),
-        "bn_9": bn("bn_9", out["conv_9"] + out["bn_7"]),
-    }
-    for name, value in expected.items():
-        np.testing.assert_allclose(out[name], value, rtol=0, atol=1e-12, err_msg=name)
-    np.testing.assert_allclose(out["shortcut_5"], out["bn_3"] @ params["shortcut_5"]["kernel"][0, 0], atol=1e-12)
-    assert out["bn_3"].shape == (4, 16, 16, 2) and out["bn_5"].shape == (4, 8, 8, 4) and out["bn_9"].shape == (4, 8, 8, 4)
-    np.testing.assert_allclose(logits, out["bn_9"].mean(axis=(1, 2)) @ params["dense"]["kernel"], atol=1e-12)
 
 
 def test_per_channel_mean_is_subtracted():
@@ -80,7 +35,7 @@ def test_cifar10_script_end_to_end_through_tfds(mock_cifar10, tmp_path):
     order = model.search_order(kernels_only=True)
     assert [r["layer"] for r in records] == order
     assert records[-1]["weight_updates"] == summary["weight_updates"] == sum(get_leaf(params, p).size for p in order)
-    assert (summary["task"], summary["config"]["evaluator"], summary["config"]["global_pool"]) == ("cifar10", "generic", "max")
+    assert (summary["task"], summary["config"]["evaluator"], summary["config"]["global_pool"]) == ("cifar10", "incremental", "max")
     assert summary["test_accuracy"] == records[-1]["test_accuracy"] and 96 * summary["test_accuracy"] % 1 == 0
     assert (tmp_path / "rso" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -101,6 +56,5 @@ def test_missing_data_is_one_clear_line(tmp_path, capsys):
 
 def test_defaults_are_the_papers(tmp_path):
     config, _ = experiment.parse_flags(["--workdir", str(tmp_path)], "cifar10")
-    assert (config.rso.cycles, config.rso.batch_size, config.evaluator, config.channels) == (500, 5000, "generic", 16)
-    with pytest.raises(SystemExit):
-        experiment.parse_flags(["--workdir", str(tmp_path), "--evaluator", "cached"], "cifar10")
+    assert (config.rso.cycles, config.rso.batch_size, config.evaluator, config.channels) == (500, 5000, "incremental", 16)
+    assert config.sgd.epochs == 500 and config.is_paper_protocol()
