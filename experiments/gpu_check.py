@@ -161,8 +161,11 @@ def benchmark(deadline: float, result: dict, check: Check):
                     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left, env=env, cwd=ROOT)
                     status = "ok" if proc.returncode == 0 else f"exit code {proc.returncode}"
                     output = proc.stdout + proc.stderr
-                except subprocess.TimeoutExpired as e:
-                    status, output = f"timed out after {left:.0f} s", f"{e.stdout or ''}{e.stderr or ''}"
+                except subprocess.TimeoutExpired as e:  # its partial output can come back as bytes
+                    status = f"timed out after {left:.0f} s"
+                    output = "".join(
+                        x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (e.stdout, e.stderr)
+                    )
                 seconds = time.monotonic() - tic
                 longest = max(longest, seconds)
                 check.say(f"benchmark {name} output:\n{output}", quiet=True)
@@ -171,8 +174,9 @@ def benchmark(deadline: float, result: dict, check: Check):
                     with open(out) as f:
                         run["result"] = json.load(f)
                     r = run["result"]
-                    check.say(f"benchmark {name}: cycle {r['cycle_seconds']:.2f} s, compile {r['compile_seconds']:.0f} s, "
-                              f"{r['achieved_gflops']:.0f} GFLOP/s ({seconds:.0f} s in all)")
+                    check.say(f"benchmark {name}: cycle {r['cycle_seconds']:.2f} s, "
+                              f"compile {r['compile_seconds']:.0f} s, {r['achieved_gflops']:.0f} GFLOP/s "
+                              f"({seconds:.0f} s with start-up)")
                 else:
                     check.say(f"benchmark {name}: {status}; last output: {output.strip()[-500:]}")
                 runs.append(run)
@@ -187,8 +191,8 @@ def protocol(deadline: float, result: dict, check: Check, setup):
     config, model, data, rso = setup
     a = check.args
     result |= {"evaluator": config.evaluator, "batch_size": config.rso.batch_size, "cycles_planned": config.rso.cycles,
-               "precision": config.rso.precision, "train_images": int(data.x_train.shape[0]), "cycles": [], "layers": [],
-               "stopped": "all cycles done"}
+               "precision": config.rso.precision, "train_images": int(data.x_train.shape[0]),
+               "cycles": [], "layers": [], "stopped": "all cycles done"}
     state, last = None, rso.layers[-1]
     for step in run_rso(rso, model, data, seed=config.seed, init_seed=config.init_seed, chunk_size=config.chunk_size):
         state = step.run.state
@@ -250,15 +254,16 @@ def agreement(deadline: float, result: dict, check: Check, setup, state):
     # Cached: the Incremental losses without a per-weight context; 4 weights at a time bounds
     # the memory of the candidates' activations at batch 5000 (the decisions do not change).
     cached = EVALUATORS["cached"](model)
-    a, b = (RSO(cached, rso.layers, dataclasses.replace(config.rso, precision=p, parallel_vmap=4))
+    a, b = (RSO(cached, rso.layers, dataclasses.replace(config.rso, precision=p, parallel_vmap=4), mesh=rso.mesh)
             for p in ("float32", "default"))
     n = a.n_weights(state, AGREEMENT_LAYER)
     positions = np.sort(np.random.default_rng(0).choice(n, min(check.args.agreement_weights, n), replace=False))
     result |= {"layer": AGREEMENT_LAYER, "cycle": int(state.cycle), "batch_size": config.rso.batch_size,
                "precisions": ["float32", "default"]}
     result |= compare(a, b, state, (data.x_train, data.y_train), AGREEMENT_LAYER, positions)
-    check.say(f"agreement: {result['agree']} of {result['weights']} decisions equal ({100 * result['agreement']:.1f}%), "
-              f"median loss error {result['median_loss_error']:.3g}, median gap {result['median_gap']:.3g}")
+    check.say(f"agreement: {result['agree']} of {result['weights']} decisions equal "
+              f"({100 * result['agreement']:.1f}%), median loss error {result['median_loss_error']:.3g}, "
+              f"median gap {result['median_gap']:.3g}")
 
 
 def sgd(deadline: float, result: dict, check: Check, setup):
@@ -267,12 +272,12 @@ def sgd(deadline: float, result: dict, check: Check, setup):
 
     from rsojax.train import run_sgd
 
-    config, model, data, _ = setup
+    config, model, data, rso = setup
     a, s = check.args, config.sgd
     result |= {"learning_rate": s.learning_rate, "momentum": s.momentum, "batch_size": a.sgd_batch_size, "epochs": []}
     optimizer = optax.sgd(s.learning_rate, momentum=s.momentum)
     steps = run_sgd(model, data, optimizer, epochs=s.epochs, batch_size=a.sgd_batch_size, seed=config.seed,
-                    init_seed=config.init_seed, precision=config.rso.precision)
+                    init_seed=config.init_seed, mesh=rso.mesh, precision=config.rso.precision)
     for step in steps:
         r, epochs = step.record, result["epochs"]
         seconds = r["wall_time_s"] - (epochs[-1]["wall_time_s"] if epochs else 0.0)
@@ -370,8 +375,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="CPU-sized parts (a smoke test)")
     p.add_argument("--commit", default=None, help="the code's commit, where the checkout has no git [default: git's]")
     for name, value in FULL.items():
-        p.add_argument(f"--{name}", type=type(value), default=None,
-                       help=f"[default: {value}; with --tiny: {TINY[name]}]" + (" (0: no limit)" if "max" in name else ""))
+        limit = " (0: no limit)" if name.startswith("max") else ""
+        text = f"[default: {value}; with --tiny: {TINY[name]}]{limit}"
+        p.add_argument(f"--{name}", type=type(value), default=None, help=text)
     args = p.parse_args(argv)
     for name in FULL:
         if getattr(args, name) is None:
@@ -390,7 +396,7 @@ def main(argv=None) -> dict:
 
     import jax
 
-    from rsojax import experiment
+    from rsojax import experiment, sharding
     from rsojax.evaluators import EVALUATORS
     from rsojax.rso import RSOConfig
     from rsojax.train import rso_trainer
@@ -400,7 +406,8 @@ def main(argv=None) -> dict:
                       "jax_version": jax.__version__}
     check.say(f"device {check.results['device']}, jax {jax.__version__}")
     config = experiment.ExperimentConfig(
-        data=args.data, train_subset=args.train_subset, channels=args.channels, rso=RSOConfig(batch_size=args.batch_size)
+        data=args.data, train_subset=args.train_subset, channels=args.channels,
+        rso=RSOConfig(batch_size=args.batch_size),
     )
     tic = time.monotonic()
     try:
@@ -410,7 +417,9 @@ def main(argv=None) -> dict:
         check.say(f"data: FAILED {check.results['data_error']}; the other parts need it")
         check.write()
         raise
-    setup = (config, model, data, rso_trainer(model, config.rso, EVALUATORS[config.evaluator](model)))
+    # As `experiment.train_and_evaluate` runs it: on a mesh of all devices (here, one).
+    mesh = sharding.make_mesh(config.devices)
+    setup = (config, model, data, rso_trainer(model, config.rso, EVALUATORS[config.evaluator](model), mesh=mesh))
     check.say(f"data: {data.x_train.shape[0]:,} training and {data.x_test.shape[0]:,} test images "
               f"({time.monotonic() - tic:.1f} s)")
     state = check.run("protocol", protocol, check, setup)

@@ -21,7 +21,8 @@ def test_tiny_run_writes_every_part(tmp_path):
 
     result = json.load(open(out / "gpu_check.json"))
     parts = result["parts"]
-    assert {name: p["status"] for name, p in parts.items()} == dict.fromkeys(["benchmark", "protocol", "agreement", "sgd"], "ok")
+    statuses = {name: p["status"] for name, p in parts.items()}
+    assert statuses == dict.fromkeys(("benchmark", "protocol", "agreement", "sgd"), "ok")
     assert result["device"].startswith("cpu") and result["jax_version"] and result["commit"]
 
     (bench,) = parts["benchmark"]["runs"]  # --tiny: one evaluator, batch and precision
