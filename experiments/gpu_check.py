@@ -133,6 +133,23 @@ def commit() -> str:
         return "unknown"
 
 
+def child_env() -> dict:
+    """The environment of a subprocess: this one's, with the checkout importable."""
+    return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+
+
+def preflight() -> str:
+    """The device a fresh process gets, once rsojax imports there: found in a subprocess,
+    so that this one leaves the GPU to the benchmarks. Fails in seconds where the image's
+    packages cannot run rsojax or JAX sees no GPU, before any budget is spent."""
+    probe = "import jax, rsojax.diagnostics, rsojax.experiment; d = jax.devices()[0]; print(d.platform, d.device_kind)"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=child_env(), cwd=ROOT,
+                          timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"rsojax does not run here: {proc.stderr.strip()[-2000:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
 # ---- the parts ---------------------------------------------------------------------------
 
 
@@ -155,10 +172,9 @@ def benchmark(deadline: float, result: dict, check: Check):
                 cmd = [sys.executable, os.path.join(ROOT, "experiments", "benchmark.py"), "--mode", mode,
                        "--batch_size", str(batch), "--precision", precision, "--train_size", str(a.bench_train_size),
                        "--weights_per_layer", str(a.bench_weights), "--out", out]
-                env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
                 tic = time.monotonic()
                 try:
-                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left, env=env, cwd=ROOT)
+                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left, env=child_env(), cwd=ROOT)
                     status = "ok" if proc.returncode == 0 else f"exit code {proc.returncode}"
                     output = proc.stdout + proc.stderr
                 except subprocess.TimeoutExpired as e:  # its partial output can come back as bytes
@@ -392,6 +408,16 @@ def main(argv=None) -> dict:
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="gpu_check_jax_cache_"))
     check = Check(args)
     check.say(f"budget {args.budget_s:.0f} s, sizes {check.results['sizes']}, commit {check.results['commit']}")
+    try:
+        check.results["preflight"] = found = preflight()
+        if found.startswith("cpu") and not args.tiny:
+            raise RuntimeError(f"JAX sees no accelerator ({found}); the full sizes are GPU work (--tiny for a CPU)")
+    except (RuntimeError, subprocess.SubprocessError) as e:
+        check.results["preflight_error"] = str(e)
+        check.say(f"preflight: FAILED {e}")
+        check.write()
+        sys.exit(1)
+    check.say(f"preflight: {found}")
     check.run("benchmark", benchmark, check)  # first: the subprocesses need the GPU to themselves
 
     import jax

@@ -47,3 +47,15 @@ def test_tiny_run_writes_every_part(tmp_path):
         assert heading in md
     assert "| cached | 32 | float32 |" in md and "16 (100.0%)" in md and "Not measured" not in md
     assert "protocol: cycle 2" in open(out / "gpu_check.log").read()
+
+
+def test_full_sizes_refuse_a_cpu(tmp_path):
+    """Without an accelerator the full sizes stop in seconds, saying why, before any part runs."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "experiments/gpu_check.py", "--data", "unused.npz", "--out", str(out)],
+        cwd=ROOT, env=os.environ | {"PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1 and "JAX sees no accelerator" in proc.stdout
+    result = json.load(open(out / "gpu_check.json"))
+    assert result["preflight"].startswith("cpu") and result["parts"] == {}
