@@ -209,7 +209,7 @@ def test_help_shows_every_flag_with_its_default(capsys):
     assert "the paper's protocol: RSO, 500 cycles at batch 5000" in text
     assert "--batch_size INT RSO: examples in the minibatch of each weight (the paper: 5000) [default: 5000]; SGD: minibatch [default: 128]" in text
     assert "--evaluator {incremental,cached,generic}" in text and "--input_first sets output_first to False" in text
-    for flag, targets in experiment._flags(default).items():
+    for flag, targets in experiment.flag_targets(default).items():
         assert f"--{flag}" in text
         for path, _, _ in targets:
             value = default
@@ -228,7 +228,7 @@ def test_flags_set_the_config_fields():
     config, _ = parse(["--workdir", "w", "--optimizer", "sgd", "--batch_size", "32", "--cycles", "3", "--learning_rate", "0.1"])
     assert config.sgd == SGDConfig(learning_rate=0.1, batch_size=32, epochs=3) and config.rso == rsojax.RSOConfig()
     assert (config.batch_size, config.cycles) == (32, 3)
-    every_field = {path for targets in experiment._flags(ExperimentConfig()).values() for path, _, _ in targets}
+    every_field = {path for targets in experiment.flag_targets(ExperimentConfig()).values() for path, _, _ in targets}
     assert len(every_field) == len(dataclasses.fields(ExperimentConfig)) - 3 + len(dataclasses.fields(rsojax.RSOConfig)) + 4
     with pytest.raises(SystemExit):  # not among the flag's choices
         parse(["--workdir", "w", "--evaluator", "fast"])

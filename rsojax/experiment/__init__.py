@@ -1,0 +1,55 @@
+"""One experiment from one config: `train_and_evaluate(config, workdir)`, as Flax's examples do.
+
+`ExperimentConfig` holds every setting of a run and its default (an `RSOConfig`, the SGD
+baseline's `SGDConfig`, the data, the evaluator, checkpoints, devices); `TASKS` holds what
+differs between MNIST and CIFAR-10 (data, network, evaluators, the paper's cycles). The
+defaults are the paper's protocol. `parse_flags` turns the config's fields into command-line
+flags (names, defaults, choices and help written once, in the fields' metadata), so the
+scripts in `experiments/` stay thin.
+
+`train_and_evaluate` validates every setting, the data and the workdir before it writes
+anything, then trains, writing into the workdir:
+
+- `config.json`: the config (a rerun must match it, but for `RESUMABLE`);
+- `metrics.jsonl`: a record per RSO layer sweep or SGD epoch (`rsojax.train`);
+- `checkpoints/`: orbax, at every record and every `checkpoint_every_s` seconds;
+- `summary.json` and `curves.png` when the run ends.
+
+Rerunning it with the same workdir resumes from the newest checkpoint and ends exactly as an
+uninterrupted run would. With several processes (`distributed`), every process computes the
+same run and only process 0 writes.
+"""
+
+from rsojax.experiment.config import (
+    FIRST_RUN,
+    OPTIMIZERS,
+    RESUMABLE,
+    TASKS,
+    ExperimentConfig,
+    SGDConfig,
+    Task,
+    UsageError,
+    build_model,
+    load_data,
+)
+from rsojax.experiment.flags import cli, flag_targets, parse_flags, parser
+from rsojax.experiment.run import Progress, train_and_evaluate
+
+__all__ = [
+    "FIRST_RUN",
+    "OPTIMIZERS",
+    "RESUMABLE",
+    "TASKS",
+    "ExperimentConfig",
+    "Progress",
+    "SGDConfig",
+    "Task",
+    "UsageError",
+    "build_model",
+    "cli",
+    "flag_targets",
+    "load_data",
+    "parse_flags",
+    "parser",
+    "train_and_evaluate",
+]

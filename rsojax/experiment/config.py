@@ -1,0 +1,165 @@
+"""The experiment's settings: `ExperimentConfig` (every setting and its default) and the tasks.
+
+The defaults are the paper's protocol; `ExperimentConfig.for_task` gives each task's. Each
+field's metadata holds its help (and choices, and the flag's name where it differs), from which
+`rsojax.experiment.flags` makes the command line.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+from rsojax.data import SOURCES, Dataset, load, load_npz
+from rsojax.evaluators import EVALUATORS
+from rsojax.models import GLOBAL_POOLS, cifar10_resnet, mnist_convnet
+from rsojax.rso import RSOConfig
+
+
+class UsageError(Exception):
+    """A bad setting, input or workdir: reported in one line, before any work is written."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What differs between the experiments."""
+
+    title: str
+    source: str  # key of `rsojax.data.SOURCES`: the TFDS dataset and its preprocessing
+    model: Callable  # (channels, global_pool) -> the paper's network
+    evaluators: tuple[str, ...]  # keys of `rsojax.evaluators.EVALUATORS` that search it; the first is the default
+    cycles: int  # the paper's
+
+
+TASKS = {
+    "mnist": Task("MNIST", "mnist", mnist_convnet, ("incremental", "cached", "generic"), 50),
+    "cifar10": Task("CIFAR-10", "cifar10", cifar10_resnet, ("incremental", "cached", "generic"), 500),
+}
+OPTIMIZERS = ("rso", "sgd")
+# Settings that may change between a run and its resumption (paths, timings, the host's role).
+RESUMABLE = ("data_dir", "data", "download", "checkpoint_every_s", "progress_every_s", "coordinator_address", "process_id")
+# The flags that switch a True default off, where they are not named no_<field>.
+NEGATIONS = {"output_first": "input_first"}
+# A CPU-sized first run, for --help and the README (about 5 minutes for MNIST on 2 cores).
+FIRST_RUN = "--cycles 1 --batch_size 512 --train_subset 10000"
+
+
+def _setting(default=None, help: str = "", choices=None, flag: str | None = "", factory=None):
+    """A config field with the help (choices, flag name) the command lines show; `flag=None`:
+    no flag, `flag=""`: the field's name."""
+    metadata = {"help": help, "flag": flag} | ({"choices": tuple(choices)} if choices is not None else {})
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class SGDConfig:
+    """The optax SGD baseline on the same network and data."""
+
+    learning_rate: float = _setting(0.05, "SGD step size")
+    momentum: float = _setting(0.9, "SGD momentum")
+    batch_size: int = _setting(128, "minibatch")
+    epochs: int = _setting(50, "epochs", flag="cycles")
+
+    def __post_init__(self):
+        if not (isinstance(self.learning_rate, int | float) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate: expected a positive number, got {self.learning_rate!r}")
+        if not (isinstance(self.momentum, int | float) and 0 <= self.momentum < 1):
+            raise ValueError(f"momentum: expected a value in [0, 1), got {self.momentum!r}")
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("epochs", self.epochs, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Every setting of an experiment; the defaults are the paper's MNIST protocol
+    (`for_task` gives another task's). Fields are checked when the config is made."""
+
+    task: str = _setting("mnist", "the experiment", TASKS, flag=None)
+    optimizer: str = _setting("rso", "RSO, or the optax SGD baseline", OPTIMIZERS)
+    rso: RSOConfig = _setting(help="RSO's hyperparameters", factory=RSOConfig)
+    sgd: SGDConfig = _setting(help="the SGD baseline's", factory=SGDConfig)
+    evaluator: str = _setting(
+        "incremental", "how RSO computes candidate losses (all give the same decisions)", tuple(EVALUATORS)
+    )
+    kernels_only: bool = _setting(False, "search kernels only (Algorithm 1 as printed), not BN")
+    channels: int = _setting(16, "conv channels (16: the paper's network)")
+    global_pool: str = _setting("max", "the network's global pool (max: the reference code's)", GLOBAL_POOLS)
+    seed: int = _setting(72, "sampling seed (minibatches and dw)")
+    init_seed: int = _setting(420, "parameter initialisation seed")
+    data_dir: str | None = _setting(None, "TFDS data directory (default: $TFDS_DATA_DIR, else TFDS's default)")
+    data: str | None = _setting(None, "a .npz file with x_train, y_train, x_test, y_test, instead of TFDS")
+    download: bool = _setting(False, "let TFDS download the data into --data_dir if it is missing")
+    train_subset: int = _setting(0, "the first N training images (0: all)")
+    chunk_size: int = _setting(576, "weights per compiled RSO call (a checkpoint can fall between two)")
+    checkpoint_every_s: float = _setting(300.0, "also checkpoint inside a layer this often (seconds)")
+    progress_every_s: float = _setting(30.0, "a progress line this often when stderr is not a terminal (seconds)")
+    devices: int = _setting(0, "devices each minibatch is split over (0: all, of all processes)")
+    distributed: bool = _setting(False, "join a multi-process run (jax.distributed.initialize)")
+    coordinator_address: str | None = _setting(None, "with --distributed: process 0's host:port (default: $JAX_COORDINATOR_ADDRESS)")
+    num_processes: int | None = _setting(None, "with --distributed (default: $JAX_NUM_PROCESSES)")
+    process_id: int | None = _setting(None, "with --distributed (default: $JAX_PROCESS_ID)")
+
+    @classmethod
+    def for_task(cls, task: str, **changes) -> "ExperimentConfig":
+        """The paper's protocol for `task` (a key of `TASKS`), with `changes`."""
+        if task not in TASKS:
+            raise ValueError(f"task: expected one of {list(TASKS)}, got {task!r}")
+        t = TASKS[task]
+        paper = cls(task=task, evaluator=t.evaluators[0], rso=RSOConfig(cycles=t.cycles), sgd=SGDConfig(epochs=t.cycles))
+        return dataclasses.replace(paper, **changes)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task: expected one of {list(TASKS)}, got {self.task!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: expected one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        task = TASKS[self.task]
+        if self.evaluator not in task.evaluators:
+            raise ValueError(f"evaluator: {self.evaluator!r} cannot search the {task.title} network; use {list(task.evaluators)}")
+        if self.global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool: expected one of {list(GLOBAL_POOLS)}, got {self.global_pool!r}")
+        for name, low in (("channels", 1), ("chunk_size", 1), ("train_subset", 0), ("devices", 0), ("seed", 0), ("init_seed", 0)):
+            _check_int(name, getattr(self, name), low)
+        if not self.checkpoint_every_s >= 0:
+            raise ValueError(f"checkpoint_every_s: expected a number of seconds >= 0, got {self.checkpoint_every_s!r}")
+        if not self.progress_every_s > 0:
+            raise ValueError(f"progress_every_s: expected a positive number of seconds, got {self.progress_every_s!r}")
+        if self.data is not None and (self.data_dir is not None or self.download):
+            raise ValueError("data: a .npz file replaces TFDS; leave out --data_dir and --download")
+        for name in ("coordinator_address", "num_processes", "process_id"):
+            if getattr(self, name) is not None and not self.distributed:
+                raise ValueError(f"{name}: applies with --distributed only")
+
+    @property
+    def batch_size(self) -> int:
+        """The chosen optimizer's batch size."""
+        return self.rso.batch_size if self.optimizer == "rso" else self.sgd.batch_size
+
+    @property
+    def cycles(self) -> int:
+        """The chosen optimizer's length: RSO cycles or SGD epochs."""
+        return self.rso.cycles if self.optimizer == "rso" else self.sgd.epochs
+
+    def is_paper_protocol(self) -> bool:
+        """RSO with the paper's cycles and batch on the whole training set."""
+        t = TASKS[self.task]
+        return self.optimizer == "rso" and self.train_subset == 0 and self.rso == RSOConfig(cycles=t.cycles)
+
+
+def _check_int(name: str, value, low: int):
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{name}: expected {kind}, got {value!r}")
+
+
+def load_data(config: ExperimentConfig) -> Dataset:
+    """The task's data as `config` says: from `config.data` (.npz), else from TFDS."""
+    task = TASKS[config.task]
+    if config.data is not None:
+        return load_npz(config.data, config.train_subset, SOURCES[task.source].per_channel_mean)
+    return load(task.source, config.data_dir, config.train_subset, config.download)
+
+
+def build_model(config: ExperimentConfig):
+    """The task's network as `config` says (channels, global pool)."""
+    return TASKS[config.task].model(channels=config.channels, global_pool=config.global_pool)

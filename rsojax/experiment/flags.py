@@ -1,0 +1,141 @@
+"""Command lines generated from `ExperimentConfig`: a flag per field, with its default and help.
+
+A flag is named after its field (`--batch_size`) or its metadata's `flag`; a field with a True
+default is switched off by its negation (`NEGATIONS`, else `--no_<field>`). A flag that sets a
+field of both `rso` and `sgd` (`--batch_size`, `--cycles`) sets the chosen optimizer's.
+"""
+
+import argparse
+import dataclasses
+import sys
+import textwrap
+import typing
+from collections.abc import Callable
+
+from rsojax.experiment.config import FIRST_RUN, NEGATIONS, TASKS, ExperimentConfig, UsageError
+
+
+def flag_targets(config) -> dict[str, list[tuple[tuple[str, ...], dataclasses.Field, type]]]:
+    """flag name -> the (path, field, type) it sets, from the fields of `config` and of its
+    nested configs. A flag can set a field in each of `rso` and `sgd` (`--batch_size`)."""
+    flags: dict[str, list] = {}
+
+    def visit(obj, prefix):
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                visit(value, (*prefix, f.name))
+                continue
+            flag = f.metadata.get("flag", "")
+            if flag is None:
+                continue
+            kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
+            if kind is bool and value:  # a True default is switched off by its negation
+                flag = NEGATIONS.get(f.name, f"no_{f.name}")
+            flags.setdefault(flag or f.name, []).append(((*prefix, f.name), f, kind))
+
+    visit(config, ())
+    return flags
+
+
+def _help(path, f, default) -> str:
+    text = f.metadata.get("help", "")
+    if isinstance(default, bool) and default:
+        return f"sets {path[-1]} to False: {text}"
+    return text if default is None or default is False else f"{text} [default: {default}]"
+
+
+def parser(task: str = "mnist", prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
+    """The command line of an experiment: `--workdir` and a flag per config field, with the
+    defaults of `ExperimentConfig.for_task(task)`."""
+    default, t = ExperimentConfig.for_task(task), TASKS[task]
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.fill(
+            f"With only --workdir this runs the paper's protocol: RSO, {t.cycles} cycles at batch "
+            f"{default.rso.batch_size} on the whole {t.title} training set, which is GPU work. "
+            f"A first run on a CPU: {FIRST_RUN}."
+        ),
+    )
+    p.add_argument("--workdir", required=True, help="where the run's files go; rerun with it to resume")
+    for flag, targets in flag_targets(default).items():
+        (path, f, kind), shared = targets[0], len(targets) > 1
+        value = _get(default, path)
+        if shared:  # one flag for the chosen optimizer's field
+            text = "; ".join(f"{p_[0].upper()}: {_help(p_, f_, _get(default, p_))}" for p_, f_, _ in targets)
+        else:
+            text = _help(path, f, value)
+        kwargs = {"default": argparse.SUPPRESS, "help": text, "dest": flag}
+        choices = t.evaluators if flag == "evaluator" else f.metadata.get("choices")
+        if kind is bool:
+            kwargs["action"] = "store_false" if value else "store_true"
+        else:
+            kwargs |= {"type": kind, "choices": choices, "metavar": kind.__name__.upper() if kind in (int, float) else None}
+        p.add_argument(f"--{flag}", **kwargs)
+    return p
+
+
+def parse_flags(argv=None, task: str = "mnist", prog: str | None = None, description: str | None = None):
+    """`(config, workdir)` from command-line flags (`parser`). Flags left out keep the task's
+    defaults; a flag shared by RSO and SGD (`--batch_size`, `--cycles`) sets the chosen
+    optimizer's.
+
+    Raises:
+      UsageError: a setting out of its range (naming the flag).
+    """
+    args = vars(parser(task, prog, description).parse_args(argv))
+    workdir = args.pop("workdir")
+    default = ExperimentConfig.for_task(task)
+    flags = flag_targets(default)
+    optimizer = args.get("optimizer", default.optimizer)
+    changes = {}
+    for flag, value in args.items():
+        targets = flags[flag]
+        path = next(p for p, _, _ in targets if len(targets) == 1 or p[0] == optimizer)
+        changes[path] = value
+    try:
+        return _with(default, changes), workdir
+    except ValueError as e:
+        raise UsageError(flagged(str(e))) from None
+
+
+def _get(obj, path):
+    for name in path:
+        obj = getattr(obj, name)
+    return obj
+
+
+def _with(config, changes: dict):
+    """`config` with `changes` ({path: value}) applied, nested configs rebuilt (and checked)."""
+    top = {p[0]: v for p, v in changes.items() if len(p) == 1}
+    for name in {p[0] for p in changes if len(p) > 1}:
+        top[name] = _with(getattr(config, name), {p[1:]: v for p, v in changes.items() if len(p) > 1 and p[0] == name})
+    return dataclasses.replace(config, **top)
+
+
+def flagged(message: str) -> str:
+    """A message that starts with a field's name ("batch_size: ..."), with the name of its flag
+    ("--batch_size: ..."). Messages about the data itself ("data: x_train ...") keep theirs."""
+    name, sep, rest = message.partition(":")
+    if not sep or name == "data":
+        return message
+    names = {path[-1]: flag for flag, targets in flag_targets(ExperimentConfig()).items() for path, _, _ in targets}
+    names |= {"n_devices": "devices", "workdir": "workdir"}
+    return f"--{names[name]}:{rest}" if name in names else message
+
+
+def cli(main: Callable[[], object], prog: str) -> int:
+    """Runs `main()` for a command line: a `UsageError` becomes one line on stderr and exit
+    code 2, Ctrl-C exit code 130 with the advice to resume."""
+    try:
+        main()
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
