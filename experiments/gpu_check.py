@@ -206,7 +206,8 @@ def protocol(deadline: float, result: dict, check: Check, setup):
 
     config, model, data, rso = setup
     a = check.args
-    result |= {"evaluator": config.evaluator, "batch_size": config.rso.batch_size, "cycles_planned": config.rso.cycles,
+    result |= {"paper_protocol": config.is_paper_protocol(), "evaluator": config.evaluator,
+               "batch_size": config.rso.batch_size, "cycles_planned": config.rso.cycles,
                "precision": config.rso.precision, "train_images": int(data.x_train.shape[0]),
                "cycles": [], "layers": [], "stopped": "all cycles done"}
     state, last = None, rso.layers[-1]

@@ -51,11 +51,11 @@ def candidates(rso: RSO, state: RSOState, data, path: str, positions) -> tuple[j
             f"evaluator: {type(rso.evaluator).__name__} refreshes its context one weight at a time, so it cannot "
             "evaluate weights from one state; use Cached (the same losses) or Generic"
         )
+    ctx = rso.prepare(state, data, path)  # validates data and path
     positions_P = np.asarray(positions, np.int32).reshape(-1)
     n = rso.n_weights(state, path)
     if positions_P.size and not 0 <= positions_P.min() <= positions_P.max() < n:
         raise ValueError(f"positions: expected visit positions in 0..{n - 1} of {path}, got {positions_P.tolist()}")
-    ctx = rso.prepare(state, data, path)  # validates data and path
     with precision_scope(rso.config.precision):
         return _candidates(rso, state, ctx, jnp.asarray(positions_P), path)
 

@@ -78,3 +78,11 @@ def test_refuses_positions_out_of_range(tiny):
     state = rso.init(params, jax.random.key(0), data)
     with pytest.raises(ValueError, match="positions"):
         decisions(rso, state, data, PATHS[0], [36])
+
+
+def test_refuses_a_layer_it_does_not_search(tiny):
+    model, params, data = tiny
+    rso = engine(model)
+    state = rso.init(params, jax.random.key(0), data)
+    with pytest.raises(ValueError, match="not one of the layers"):
+        decisions(rso, state, data, "stages_1/Conv_0/bias", [0])
