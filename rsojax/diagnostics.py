@@ -44,7 +44,8 @@ def candidates(rso: RSO, state: RSOState, data, path: str, positions) -> tuple[j
       values_Px3 (w', w' + dw, w' - dw) and their losses_Px3 on each weight's minibatch.
 
     Raises:
-      ValueError: the evaluator is not `parallel_safe`, or a position is out of range.
+      ValueError: the evaluator is not `parallel_safe`, `rso` does not search `path`, or a
+        position is out of range.
     """
     if not rso.evaluator.parallel_safe:
         raise ValueError(
@@ -62,7 +63,8 @@ def candidates(rso: RSO, state: RSOState, data, path: str, positions) -> tuple[j
 
 @functools.partial(jax.jit, static_argnames=("rso", "path"))
 def _candidates(rso: RSO, state: RSOState, ctx, positions_P, path: str):
-    # dw, minibatch and w' exactly as `RSO._sweep_impl` and `rsojax.rso.search_weight` draw them.
+    # dw, minibatch and w' exactly as `RSO._sweep_impl` and `rsojax.rso.search_weight` draw
+    # them (tests/test_diagnostics.py holds the two to the engine's own sweeps).
     cfg = rso.config
     leaf = get_leaf(state.params, path)
     order = jnp.asarray(weight_order(leaf.shape, cfg.output_first))
