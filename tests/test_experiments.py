@@ -118,11 +118,11 @@ def test_interrupted_run_resumes_in_process_to_the_same_result(compared, mnist_n
     assert comparable(str(tmp_path)) == comparable(os.path.join(compared, "sgd"))
 
 
-def test_the_seeds_reach_the_run(compared, mnist_npz, tmp_path):
-    uninterrupted = comparable(os.path.join(compared, "sgd"))[0]
-    for flag in ("--seed", "--init_seed"):
-        summary = script("mnist").main(tiny_argv(mnist_npz, tmp_path / flag, "sgd", flag, "7"))
-        assert summary["config"][flag[2:]] == 7 and summary["params_sha256"] != uninterrupted
+@pytest.mark.parametrize("optimizer, flag", [("sgd", "--seed"), ("sgd", "--init_seed"), ("rso", "--seed")])
+def test_the_seeds_reach_the_run(compared, mnist_npz, tmp_path, optimizer, flag):
+    summary = script("mnist").main(tiny_argv(mnist_npz, tmp_path, optimizer, flag, "7"))
+    assert summary["config"][flag[2:]] == 7
+    assert summary["params_sha256"] != comparable(os.path.join(compared, optimizer))[0]
 
 
 def bad_npz(path, defect):
