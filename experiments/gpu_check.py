@@ -344,7 +344,8 @@ def markdown(results: dict) -> str:
                                [["test accuracy (%)", *[f"{100 * c['test_accuracy']:.2f}" for c in cycles]],
                                 ["training time (s)", *[f"{c['wall_time_s']:.1f}" for c in cycles]]]), "",
                 f"First cycle {prot['first_cycle_s']:.1f} s (with compilation)"
-                + (f", then {prot['median_cycle_s']:.2f} s per cycle (median)" if "median_cycle_s" in prot else "")
+                + (f", then {prot['median_cycle_s']:.2f} s per cycle (the median from cycle 2 on, whose layers of "
+                   "one chunk compile again on a mesh)" if "median_cycle_s" in prot else "")
                 + f"; best test accuracy after any layer sweep {100 * prot['best_test_accuracy']:.2f}%.", ""]
     else:
         out += [_status(prot) + f" ({prot.get('layer_sweeps_done', 0)} layer sweeps, no whole cycle)", ""]
