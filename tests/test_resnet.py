@@ -100,16 +100,13 @@ def test_network_size_order_and_shapes():
 
 
 def test_forward_written_out_and_composes_from_any_stage():
-    """In search mode every stage boundary holds the literal (h, skip) pytree and the network run
-    from it gives the logits; in inference mode, with the statistics of the first images, the
-    logits (its stage boundaries: the caching pass's test)."""
+    """In search mode, the network run from the literal (h, skip) pytree at any stage boundary
+    gives the literal logits; in inference mode, with the statistics of the first images, the
+    logits (the boundaries in inference mode: `test_caching_pass_caches_the_pytree_stage_inputs`)."""
     model, params, (x, _) = small_resnet(n=12)
     out, logits = literal_forward(params, x)
-    assert_trees_close(model.apply({"params": params}, x), logits)
     for d in range(10):
-        h = stage_input(out, d)
-        assert_trees_close(model.apply({"params": params}, x, stop=d), h, msg=f"stage {d}")
-        assert_trees_close(model.apply({"params": params}, h, start=d), logits, msg=f"from stage {d}")
+        assert_trees_close(model.apply({"params": params}, stage_input(out, d), start=d), logits, msg=f"from stage {d}")
     stats = rsojax.bn_statistics(model, params, x[:8])
     assert_trees_close(model.apply({"params": params, "batch_stats": stats}, x, train=False), literal_forward(params, x, 8)[1])
     # The shortcut's BN beta adds a constant per channel just before block 5's BN, which removes
@@ -187,7 +184,7 @@ def test_float32_evaluators_agree():
         return params, ctxs, choices
 
     params, choices, ctxs = state.params, [], [None] * len(evaluators)
-    for path in LAYERS[::2] + LAYERS[-1:]:
+    for path in (LAYERS[0], LAYERS[-2], LAYERS[-1]):  # the head, block 2, block 1
         layer = rso.layers.index(path)
         sigma = state.sigmas[path] * anneal(state.cycle, cfg.cycles, cfg.anneal_floor).astype(jnp.float32)
         layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), layer)
@@ -197,6 +194,6 @@ def test_float32_evaluators_agree():
             params, ctxs, c = decide(params, ctxs, perm_N, layer_key, sigma, i, path)
             choices.append(np.asarray(c))
     choices = np.array(choices)
-    assert len(choices) == 40 + 4 + 36 + 54 and len(set(choices[:, -1])) == 3
+    assert len(choices) == 40 + 36 + 54 and len(set(choices[:, -1])) == 3
     agree = (choices == choices[:, -1:]).all(axis=1)
     assert agree.sum() >= 0.999 * len(agree), (agree.sum(), len(agree))
