@@ -20,12 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from rsojax.layer_order import get_leaf, weight_order
-from rsojax.perturbation import draw_dw
+from rsojax.layer_order import get_leaf
 from rsojax.precision import precision_scope
-from rsojax.rso import RSO, RSOState, choose
-from rsojax.sampling import batch_at, block_permutation
-from rsojax.schedule import anneal
+from rsojax.rso import RSO, RSOState, candidate_values, choose
 from rsojax.sharding import shard_batch
 
 
@@ -63,26 +60,17 @@ def candidates(rso: RSO, state: RSOState, data, path: str, positions) -> tuple[j
 
 @functools.partial(jax.jit, static_argnames=("rso", "path"))
 def _candidates(rso: RSO, state: RSOState, ctx, positions_P, path: str):
-    # dw, minibatch and w' exactly as `RSO._sweep_impl` and `rsojax.rso.search_weight` draw
-    # them (tests/test_diagnostics.py holds the two to the engine's own sweeps).
-    cfg = rso.config
-    leaf = get_leaf(state.params, path)
-    order = jnp.asarray(weight_order(leaf.shape, cfg.output_first))
-    sigma = state.sigmas[path] * anneal(state.cycle, cfg.cycles, cfg.anneal_floor).astype(leaf.dtype)
-    layer = rso.layers.index(path)
-    layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), layer)
-    perm_N = block_permutation(state.data_key, state.cycle, rso.blocks[layer], state.n_examples)
+    order, dw, batch = rso.draws(state, path)  # the engine's own draws
+    flat = get_leaf(state.params, path).ravel()
 
     def one(i):
         j = order[i]
-        dw = draw_dw(cfg.perturbation, jax.random.fold_in(layer_key, i), sigma, leaf.dtype)
-        idx_B = shard_batch(batch_at(perm_N, i, cfg.batch_size), rso.mesh)
-        decayed = leaf.ravel()[j] * (1 - cfg.weight_decay)
-        values_3 = jnp.stack([decayed, decayed + dw, decayed - dw])
+        values_3 = candidate_values(flat[j], dw(i), rso.config.weight_decay)
+        idx_B = shard_batch(batch(i), rso.mesh)
         return values_3, rso.evaluator.losses(ctx, state.params, path, j, values_3, idx_B)
 
     # parallel_vmap weights at a time: memory grows with it (three candidate batches each).
-    return lax.map(one, positions_P, batch_size=min(cfg.parallel_vmap, max(positions_P.shape[0], 1)))
+    return lax.map(one, positions_P, batch_size=min(rso.config.parallel_vmap, max(positions_P.shape[0], 1)))
 
 
 def decisions(rso: RSO, state: RSOState, data, path: str, positions) -> jax.Array:

@@ -35,7 +35,7 @@ from rsojax.parallel import GRANULARITIES, parallel_sweep
 from rsojax.perturbation import PERTURBATIONS, draw_dw
 from rsojax.precision import PRECISIONS, check_precision, precision_scope
 from rsojax.sampling import batch_at, block_permutation
-from rsojax.sharding import check_batch, replicate, shard_batch
+from rsojax.sharding import check_batch, replicate, replicated, shard_batch
 from rsojax.schedule import anneal, layer_sigma
 
 
@@ -184,7 +184,10 @@ class RSO:
             )
         names = [path.split("/", 1)[0] for path in self.layers]
         self.blocks = tuple(names.index(name) for name in names)  # block id: its first layer's index
-        self._sweep = jax.jit(self._sweep_impl, static_argnames=("path",))
+        # With a mesh, the new state comes back replicated exactly as it went in: otherwise its
+        # sharding differs, and the next call of each layer's sweep would compile it again.
+        placed = {} if mesh is None else {"out_shardings": replicated(mesh)}
+        self._sweep = jax.jit(self._sweep_impl, static_argnames=("path",), **placed)
 
     def init(self, params, key: jax.Array, data) -> RSOState:
         """The state before the first cycle; validates parameters, layers and data."""
@@ -294,7 +297,11 @@ class RSO:
             results.append((path, metrics))
         return state.replace(cycle=state.cycle + 1), results
 
-    def _sweep_impl(self, state: RSOState, ctx, start, stop, *, path: str):
+    def draws(self, state: RSOState, path: str):
+        """What RSO draws for layer `path` this cycle: `(order, dw, batch)`, the visit order
+        (row-major flat indices) and, for visit position `i` (may be traced), `dw(i)` and the
+        minibatch `batch(i)`. Keyed by the position, so every granularity (and
+        `rsojax.diagnostics`) gives a weight the same draws."""
         cfg = self.config
         leaf = get_leaf(state.params, path)
         order = jnp.asarray(weight_order(leaf.shape, cfg.output_first))
@@ -303,11 +310,18 @@ class RSO:
         layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), layer)
         perm_N = block_permutation(state.data_key, state.cycle, self.blocks[layer], state.n_examples)
 
-        def dw(i):  # keyed by the visit position: every granularity draws the same dw for a weight
+        def dw(i):
             return draw_dw(cfg.perturbation, jax.random.fold_in(layer_key, i), sigma, leaf.dtype)
 
-        def batch(i):  # likewise the minibatch
+        def batch(i):
             return batch_at(perm_N, i, cfg.batch_size)
+
+        return order, dw, batch
+
+    def _sweep_impl(self, state: RSOState, ctx, start, stop, *, path: str):
+        cfg = self.config
+        order, dw, batch = self.draws(state, path)
+        zeros = SweepMetrics.zeros(get_leaf(state.params, path).dtype)
 
         def search(ctx, params, j, dw_j, idx_B):
             idx_B = shard_batch(idx_B, self.mesh)  # with a mesh: the batch is split over its devices
@@ -316,7 +330,7 @@ class RSO:
         if cfg.granularity != "weight":
             params, metrics = parallel_sweep(
                 functools.partial(search, ctx), state.params, path, order, dw, batch, cfg.granularity,
-                cfg.parallel_vmap, SweepMetrics.zeros(leaf.dtype),
+                cfg.parallel_vmap, zeros,
             )
             return state.replace(params=params), metrics
 
@@ -327,9 +341,15 @@ class RSO:
             new, m = search(ctx, params, j, dw(i), batch(i))
             return with_weight(params, path, j, new), ctx, metrics + m
 
-        carry = (state.params, ctx, SweepMetrics.zeros(leaf.dtype))
+        carry = (state.params, ctx, zeros)
         params, _, metrics = jax.lax.fori_loop(start, stop, visit, carry)
         return state.replace(params=params), metrics
+
+
+def candidate_values(w, dw, weight_decay: float) -> jax.Array:
+    """w', w' + dw, w' - dw with w' = w * (1 - weight_decay), in the order ties are broken."""
+    decayed = w * (1 - weight_decay)
+    return jnp.stack([decayed, decayed + dw, decayed - dw])
 
 
 def search_weight(evaluator: Evaluator, ctx, params, path: str, j, dw, idx_B, weight_decay: float):
@@ -339,8 +359,7 @@ def search_weight(evaluator: Evaluator, ctx, params, path: str, j, dw, idx_B, we
     examples `idx_B` wins (ties to the earlier); if none is finite, w is kept.
     """
     w = get_leaf(params, path).ravel()[j]
-    decayed = w * (1 - weight_decay)
-    values = jnp.stack([decayed, decayed + dw, decayed - dw])
+    values = candidate_values(w, dw, weight_decay)
     losses = evaluator.losses(ctx, params, path, j, values, idx_B)
     choice = choose(losses)
     kept = choice >= 0

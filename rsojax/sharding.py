@@ -82,6 +82,11 @@ def _is_key(a) -> bool:
     return isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
 
 
+def replicated(mesh: Mesh) -> NamedSharding:
+    """The sharding of an array with a full copy on every device of `mesh`."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
 def replicate(tree, mesh: Mesh | None):
     """Every leaf of `tree` replicated on the mesh's devices (`tree` itself without a mesh).
 
@@ -90,13 +95,13 @@ def replicate(tree, mesh: Mesh | None):
     """
     if mesh is None:
         return tree
-    sharding = NamedSharding(mesh, PartitionSpec())
+    sharding = replicated(mesh)
 
     def put(a):
         if _is_key(a):  # device_put cannot place keys on other processes' devices: move their data
             return jax.random.wrap_key_data(put(jax.random.key_data(a)), impl=jax.random.key_impl(a))
-        if isinstance(a, jax.Array) and a.sharding.is_equivalent_to(sharding, a.ndim):
-            return a
+        if isinstance(a, jax.Array) and a.sharding == sharding:
+            return a  # placed already (an equivalent but other sharding is placed anew: jit's cache keys on it)
         return jax.device_put(np.asarray(a) if jax.process_count() > 1 else a, sharding)
 
     return jax.tree.map(put, tree)

@@ -198,9 +198,10 @@ def test_two_processes_match_one_device(four_devices):
         assert_same_run({"no mesh": four_devices[1]["results"][0]["no mesh"], "2x2": out["results"][0]["0"]}, 0.0)
 
 
-def test_mnist_flags_checked_against_the_devices(tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, "experiments"))
-    import mnist
+def test_devices_flag_checked_against_the_devices(tmp_path):
+    from rsojax import experiment
 
-    with pytest.raises(mnist.UsageError, match="^--devices: expected 0 \\(all\\) to 1"):
-        mnist.main(["--devices", "3", "--workdir", str(tmp_path)])
+    config, workdir = experiment.parse_flags(["--devices", "3", "--workdir", str(tmp_path / "w")])
+    with pytest.raises(experiment.UsageError, match="^--devices: expected 0 \\(all\\) to 1"):
+        experiment.train_and_evaluate(config, workdir)
+    assert not (tmp_path / "w").exists()  # refused before anything is written
