@@ -1,5 +1,6 @@
 """Every evaluator takes the same decisions; the registry and the caching pass."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,13 +59,14 @@ def test_caching_pass_uses_the_statistics_of_the_first_training_images():
 
 def test_registry_and_default_evaluator():
     convnet, resnet = rsojax.mnist_convnet(channels=2), rsojax.cifar10_resnet(channels=2)
-    assert applicable(convnet) == ["incremental", "cached", "generic"] and applicable(resnet) == ["generic"]
+    assert applicable(convnet) == applicable(resnet) == ["incremental", "cached", "generic"]
     assert isinstance(default_evaluator(convnet), rsojax.Incremental)
     assert isinstance(default_evaluator(convnet, "layer"), rsojax.Cached)  # parallel-safe
-    assert isinstance(default_evaluator(resnet), rsojax.Generic)
     assert isinstance(EVALUATORS["generic"](convnet), rsojax.Uncached)
+    other = nn.Dense(3)  # not a chain of stages: only the generic path applies
+    assert applicable(other) == ["generic"]
     for name in ("incremental", "cached"):
         with pytest.raises(ValueError, match=f"model: {EVALUATORS[name].__name__} needs a rsojax.Sequential"):
-            EVALUATORS[name](resnet)
+            EVALUATORS[name](other)
     with pytest.raises(ValueError, match="granularity: 'layer' searches against the layer's starting point"):
         rsojax.RSO(rsojax.Incremental(convnet), convnet.search_order(), rsojax.RSOConfig(granularity="layer"))
