@@ -1,11 +1,14 @@
-"""Seconds per RSO cycle of the paper's MNIST network, per evaluation path.
+"""Seconds per RSO cycle of the paper's MNIST network (or, --model cifar10, its CIFAR-10
+residual network), per evaluation path.
 
 Times K weights of every layer through the engine's public API (`RSO.prepare`, `RSO.sweep`)
 and extrapolates to the full layer; compilation is timed apart. Data are random images of
-MNIST shape (no dataset needed): the cost does not depend on the values.
+the network's input shape (no dataset needed): the cost does not depend on the values.
 
     python experiments/benchmark.py --mode incremental --batch_size 512 --weights_per_layer 64 \
         --out incremental_512.json
+    python experiments/benchmark.py --model cifar10 --mode cached --batch_size 512 --train_size 10000 \
+        --weights_per_layer 4 --out cifar10_cached_512.json
 
 --precision sets the precision of convolutions and matrix products (`rsojax.precision`): full
 float32 by default, `default` for the backend's own (TF32 on NVIDIA GPUs; CPUs compute float32
@@ -28,28 +31,34 @@ import jax.numpy as jnp
 import rsojax
 from rsojax import sharding
 from rsojax.evaluators import EVALUATORS
-from rsojax.models import GLOBAL_POOLS, ConvBlock, PoolHead
+from rsojax.models import GLOBAL_POOLS, ConvBlock, PoolHead, ResidualBlock
 from rsojax.precision import PRECISIONS
+
+# --model: the network and the size of its dataset's training set.
+MODELS = {"mnist": (rsojax.mnist_convnet, 60000), "cifar10": (rsojax.cifar10_resnet, 50000)}
 
 
 # --- Arithmetic per cycle, counted analytically --------------------------------------------
-# Multiply-adds x 2 of the convolutions and the dense layer only; BN, ReLU, pooling, the loss
-# and data movement are not counted. `stage_flops[i]` is stage i's cost for one image.
+# Multiply-adds x 2 of the convolutions and the dense layer only; BN, ReLU, pooling, the
+# residual additions, the loss and data movement are not counted. `stage_flops[i]` is stage i's
+# cost for one image.
 
 
 def stage_flops(model) -> list[float]:
-    flops, shape = [], (1, *model.input_shape)
-    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=True))["params"]
+    flops, x = [], jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32)
+    params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=True), x)["params"]
     for i, stage in enumerate(model.stages):
-        h, w, c_in = shape[1:]
-        if isinstance(stage, ConvBlock):
-            flops.append(2.0 * h * w * 9 * c_in * stage.features)
+        h, skip = x if isinstance(stage, ResidualBlock) and stage.residual else (x, None)
+        _, height, width, c_in = h.shape
+        if isinstance(stage, ConvBlock | ResidualBlock):
+            flops.append(2.0 * height * width * 9 * c_in * stage.features)
+            if isinstance(stage, ResidualBlock) and stage.shortcut:  # its 1x1 conv of the skip tensor
+                flops[-1] += 2.0 * math.prod(skip.shape[1:]) * stage.features
         elif isinstance(stage, PoolHead):
             flops.append(2.0 * c_in * stage.classes)
         else:
             raise ValueError(f"model: no FLOP count for stage {i} ({type(stage).__name__})")
-        out = jax.eval_shape(lambda p, x, i=i: model.apply({"params": p}, x, start=i, stop=i + 1), params, jnp.zeros(shape))
-        shape = out.shape
+        x = jax.eval_shape(lambda p, x, i=i: model.apply({"params": p}, x, start=i, stop=i + 1), params, x)
     return flops
 
 
@@ -110,7 +119,7 @@ def timed(fn, *args, **kwargs):
 
 
 def run(args) -> dict:
-    model = rsojax.mnist_convnet(global_pool=args.global_pool)
+    model = MODELS[args.model][0](global_pool=args.global_pool)
     kx, ky, kp = jax.random.split(jax.random.key(args.seed), 3)
     x = jax.random.normal(kx, (args.train_size, *model.input_shape), jnp.float32)
     y = jax.random.randint(ky, (args.train_size,), 0, 10)
@@ -174,6 +183,7 @@ def run(args) -> dict:
         )
     cycle_seconds = inputs_s + sum(r["layer_seconds"] for r in per_layer)
     return {
+        "model": args.model,
         "mode": args.mode,
         "precision": args.precision,
         "global_pool": args.global_pool,
@@ -202,20 +212,23 @@ def main():
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--weights_per_layer", type=int, default=64, metavar="K",
                         help="time K weights per layer and extrapolate; 0 = the full layer")
+    parser.add_argument("--model", choices=list(MODELS), default="mnist",
+                        help="the paper's MNIST network or its CIFAR-10 residual network")
     parser.add_argument("--mode", choices=list(EVALUATORS), default="incremental", help="the evaluation path")
     parser.add_argument("--precision", choices=list(PRECISIONS), default="float32",
                         help="of convolutions and matrix products (RSOConfig.precision)")
     parser.add_argument("--global_pool", choices=GLOBAL_POOLS, default="max", help="the network's global pool")
     parser.add_argument("--out", default=None, metavar="FILE.json")
-    parser.add_argument("--train_size", type=int, default=60000)
+    parser.add_argument("--train_size", type=int, default=None, help="default: the dataset's (60,000 or 50,000)")
     parser.add_argument("--chunk_size", type=int, default=576, help="weights per compiled sweep call (as experiments/mnist.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--devices", type=int, default=1, help="devices each minibatch is split over (0 = all)")
     args = parser.parse_args()
+    args.train_size = args.train_size or MODELS[args.model][1]
     if args.devices > 1:  # on a CPU backend, as many devices as asked (no effect on GPUs and TPUs)
         jax.config.update("jax_num_cpu_devices", args.devices)
     print(
-        f"mode={args.mode} precision={args.precision} global_pool={args.global_pool} batch_size={args.batch_size}"
+        f"model={args.model} mode={args.mode} precision={args.precision} global_pool={args.global_pool} batch_size={args.batch_size}"
         f" train_size={args.train_size} K={args.weights_per_layer} devices={args.devices}"
     )
     print(f"{'layer':28s} {'n':>6s} {'timed':>5s} {'weights/s':>10s} {'prepare s':>9s} {'layer s':>10s} {'GFLOP/s':>8s}")
