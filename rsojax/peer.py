@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from rsojax.data import Dataset

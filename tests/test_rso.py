@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import init_params, random_data
+from conftest import random_data
 
 import rsojax
 from rsojax.models import Sequential, stage_of

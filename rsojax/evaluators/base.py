@@ -24,6 +24,7 @@ import jax
 
 from rsojax.layer_order import get_leaf, set_leaf
 from rsojax.losses import summed_cross_entropy
+from rsojax.models import Sequential
 
 
 class Evaluator(Protocol):
@@ -35,6 +36,19 @@ class Evaluator(Protocol):
     def refresh(self, ctx, params, path: str, j) -> Any: ...
 
     def losses(self, ctx, params, path: str, j, values_3, idx_B) -> jax.Array: ...
+
+
+class OfSequential:
+    """Mixin of the evaluators of a `Sequential` model (field `model`): the model is checked
+    when the evaluator is made, and one example has the model's input shape."""
+
+    def __post_init__(self):
+        if not isinstance(self.model, Sequential):
+            raise ValueError(f"model: {type(self).__name__} needs a rsojax.Sequential model, got {type(self.model).__name__}")
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        return tuple(self.model.input_shape)
 
 
 def with_weight(params, path: str, j, value):

@@ -2,13 +2,13 @@
 
 import dataclasses
 
-from rsojax.evaluators.base import candidate_losses, sequential_loss
+from rsojax.evaluators.base import OfSequential, candidate_losses, sequential_loss
 from rsojax.evaluators.stage_inputs import CACHE_BATCH, STATS_IMAGES, batch_major, stage_inputs
 from rsojax.models import Sequential, stage_of
 
 
 @dataclasses.dataclass(frozen=True)
-class Cached:
+class Cached(OfSequential):
     """A Sequential model run from the cached input of the searched layer's stage.
 
     The input of that stage over the whole training set is computed once per cycle by the
@@ -26,14 +26,6 @@ class Cached:
     cache_batch: int = CACHE_BATCH
     stats_images: int = STATS_IMAGES
     parallel_safe = True
-
-    def __post_init__(self):
-        if not isinstance(self.model, Sequential):
-            raise ValueError(f"model: {type(self).__name__} needs a rsojax.Sequential model, got {type(self.model).__name__}")
-
-    @property
-    def example_shape(self):
-        return tuple(self.model.input_shape)
 
     def prepare(self, params, path, data, previous=None):
         return stage_inputs(self.model, params, data, stage_of(path), self.cache_batch, self.stats_images, previous)

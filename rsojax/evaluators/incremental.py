@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from rsojax.evaluators.base import OfSequential
 from rsojax.evaluators.cached import Cached
 from rsojax.evaluators.stage_inputs import (
     CACHE_BATCH,
@@ -104,7 +105,7 @@ class ConvContext:
 
 
 @dataclasses.dataclass(frozen=True)
-class Incremental:
+class Incremental(OfSequential):
     """A Sequential model with ConvBlock stages: exact candidate losses by incremental updates.
 
     Same interface and decisions as `rsojax.Cached`; see the module docstring for the math.
@@ -120,14 +121,6 @@ class Incremental:
     cache_batch: int = CACHE_BATCH
     stats_images: int = STATS_IMAGES
     parallel_safe = False  # its conv cache follows the kernel one weight at a time (`refresh`)
-
-    def __post_init__(self):
-        if not isinstance(self.model, Sequential):
-            raise ValueError(f"model: Incremental needs a rsojax.Sequential model, got {type(self.model).__name__}")
-
-    @property
-    def example_shape(self):
-        return tuple(self.model.input_shape)
 
     @property
     def _cached(self) -> Cached:

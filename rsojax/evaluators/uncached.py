@@ -3,9 +3,8 @@
 import dataclasses
 
 import flax.struct
-import jax
 
-from rsojax.evaluators.base import candidate_losses, sequential_loss
+from rsojax.evaluators.base import OfSequential, candidate_losses, sequential_loss
 from rsojax.evaluators.stage_inputs import STATS_IMAGES, prefix, reference_statistics
 from rsojax.models import Sequential, stage_of
 
@@ -17,7 +16,7 @@ class UncachedContext:
 
 
 @dataclasses.dataclass(frozen=True)
-class Uncached:
+class Uncached(OfSequential):
     """A Sequential model whose candidates run the whole network from the images.
 
     The same losses as `Cached` (the stages before the searched one in inference mode with the
@@ -31,14 +30,6 @@ class Uncached:
     model: Sequential
     stats_images: int = STATS_IMAGES
     parallel_safe = True
-
-    def __post_init__(self):
-        if not isinstance(self.model, Sequential):
-            raise ValueError(f"model: Uncached needs a rsojax.Sequential model, got {type(self.model).__name__}")
-
-    @property
-    def example_shape(self):
-        return tuple(self.model.input_shape)
 
     def prepare(self, params, path, data, previous=None):
         del path, previous
