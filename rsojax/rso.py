@@ -39,9 +39,13 @@ from rsojax.sharding import check_batch, replicate, replicated, shard_batch
 from rsojax.schedule import anneal, layer_sigma
 
 
-def _option(default, help: str, choices=None):
-    """A config field whose help (and choices) the command lines show."""
-    metadata = {"help": help} | ({"choices": tuple(choices)} if choices is not None else {})
+def setting(default=None, help: str = "", choices=None, flag: str | None = "", factory=None):
+    """A config field with the help (choices, flag name) the command lines show
+    (`rsojax.experiment.flags`): `flag=""` names the flag after the field, `flag=None` gives
+    it none; for a bool whose default is True, `flag` names the flag that switches it off."""
+    metadata = {"help": help, "flag": flag} | ({"choices": tuple(choices)} if choices is not None else {})
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -50,24 +54,26 @@ class RSOConfig:
     """RSO's hyperparameters; the defaults are the reference code's. Each field's
     `metadata["help"]` (and `["choices"]`) says what it is; the command lines show it."""
 
-    batch_size: int = _option(5000, "examples in the minibatch of each weight (the paper: 5000)")
-    cycles: int = _option(50, "passes over all layers; sets the anneal (the paper: 50)")
-    anneal_floor: float = _option(0.1, "a in sigma_d,c = sigma_d * (a + (1 - a) * (C - c) / C)")
-    weight_decay: float = _option(1e-4, "w' = w * (1 - weight_decay) before the candidates are evaluated")
-    sigma_scale: float = _option(1.0, "factor on every layer's sigma_d")
-    vector_sigma: float = _option(0.167, "sigma_d of BN gamma and beta (vector parameters), before sigma_scale")
-    output_first: bool = _option(True, "inside a kernel, visit by output channel first (else by input channel)")
-    perturbation: str = _option(
+    batch_size: int = setting(5000, "examples in the minibatch of each weight (the paper: 5000)")
+    cycles: int = setting(50, "passes over all layers; sets the anneal (the paper: 50)")
+    anneal_floor: float = setting(0.1, "a in sigma_d,c = sigma_d * (a + (1 - a) * (C - c) / C)")
+    weight_decay: float = setting(1e-4, "w' = w * (1 - weight_decay) before the candidates are evaluated")
+    sigma_scale: float = setting(1.0, "factor on every layer's sigma_d")
+    vector_sigma: float = setting(0.167, "sigma_d of BN gamma and beta (vector parameters), before sigma_scale")
+    output_first: bool = setting(
+        True, "inside a kernel, visit by output channel first (else by input channel)", flag="input_first"
+    )
+    perturbation: str = setting(
         "normal", "distribution of dw: N(0, sigma_d), U(-2 sigma_d, 2 sigma_d) or {-sigma_d, 0, sigma_d}", PERTURBATIONS
     )
-    granularity: str = _option(
+    granularity: str = setting(
         "weight",
         "'weight': one weight at a time (Algorithm 1); 'layer': every weight of a layer against the layer's "
         "starting point; 'neuron': one sequential thread per output neuron, threads in parallel",
         GRANULARITIES,
     )
-    parallel_vmap: int = _option(16, "weights ('layer') or threads ('neuron') per vmapped call; memory only")
-    precision: str = _option(
+    parallel_vmap: int = setting(16, "weights ('layer') or threads ('neuron') per vmapped call; memory only")
+    precision: str = setting(
         "float32",
         "convolutions and matrix products of candidate losses and test evaluation: 'float32' on every backend, "
         "or the backend's 'default' (TF32 on NVIDIA GPUs: faster, but decisions then depend on the chip)",

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from rsojax.data import SOURCES, Dataset, load, load_npz
 from rsojax.evaluators import EVALUATORS
 from rsojax.models import GLOBAL_POOLS, cifar10_resnet, mnist_convnet
-from rsojax.rso import RSOConfig
+from rsojax.rso import RSOConfig, setting
 
 
 class UsageError(Exception):
@@ -36,29 +36,18 @@ TASKS = {
 OPTIMIZERS = ("rso", "sgd")
 # Settings that may change between a run and its resumption (paths, timings, the host's role).
 RESUMABLE = ("data_dir", "data", "download", "checkpoint_every_s", "progress_every_s", "coordinator_address", "process_id")
-# The flags that switch a True default off, where they are not named no_<field>.
-NEGATIONS = {"output_first": "input_first"}
 # A CPU-sized first run, for --help and the README (about 5 minutes for MNIST on 2 cores).
 FIRST_RUN = "--cycles 1 --batch_size 512 --train_subset 10000"
-
-
-def _setting(default=None, help: str = "", choices=None, flag: str | None = "", factory=None):
-    """A config field with the help (choices, flag name) the command lines show; `flag=None`:
-    no flag, `flag=""`: the field's name."""
-    metadata = {"help": help, "flag": flag} | ({"choices": tuple(choices)} if choices is not None else {})
-    if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
 class SGDConfig:
     """The optax SGD baseline on the same network and data."""
 
-    learning_rate: float = _setting(0.05, "SGD step size")
-    momentum: float = _setting(0.9, "SGD momentum")
-    batch_size: int = _setting(128, "minibatch")
-    epochs: int = _setting(50, "epochs", flag="cycles")
+    learning_rate: float = setting(0.05, "SGD step size")
+    momentum: float = setting(0.9, "SGD momentum")
+    batch_size: int = setting(128, "minibatch")
+    epochs: int = setting(50, "epochs", flag="cycles")
 
     def __post_init__(self):
         if not (isinstance(self.learning_rate, int | float) and self.learning_rate > 0):
@@ -74,30 +63,30 @@ class ExperimentConfig:
     """Every setting of an experiment; the defaults are the paper's MNIST protocol
     (`for_task` gives another task's). Fields are checked when the config is made."""
 
-    task: str = _setting("mnist", "the experiment", TASKS, flag=None)
-    optimizer: str = _setting("rso", "RSO, or the optax SGD baseline", OPTIMIZERS)
-    rso: RSOConfig = _setting(help="RSO's hyperparameters", factory=RSOConfig)
-    sgd: SGDConfig = _setting(help="the SGD baseline's", factory=SGDConfig)
-    evaluator: str = _setting(
+    task: str = setting("mnist", "the experiment", TASKS, flag=None)
+    optimizer: str = setting("rso", "RSO, or the optax SGD baseline", OPTIMIZERS)
+    rso: RSOConfig = setting(help="RSO's hyperparameters", factory=RSOConfig)
+    sgd: SGDConfig = setting(help="the SGD baseline's", factory=SGDConfig)
+    evaluator: str = setting(
         "incremental", "how RSO computes candidate losses (all give the same decisions)", tuple(EVALUATORS)
     )
-    kernels_only: bool = _setting(False, "search kernels only (Algorithm 1 as printed), not BN")
-    channels: int = _setting(16, "conv channels (16: the paper's network)")
-    global_pool: str = _setting("max", "the network's global pool (max: the reference code's)", GLOBAL_POOLS)
-    seed: int = _setting(72, "sampling seed (minibatches and dw)")
-    init_seed: int = _setting(420, "parameter initialisation seed")
-    data_dir: str | None = _setting(None, "TFDS data directory (default: $TFDS_DATA_DIR, else TFDS's default)")
-    data: str | None = _setting(None, "a .npz file with x_train, y_train, x_test, y_test, instead of TFDS")
-    download: bool = _setting(False, "let TFDS download the data into --data_dir if it is missing")
-    train_subset: int = _setting(0, "the first N training images (0: all)")
-    chunk_size: int = _setting(576, "weights per compiled RSO call (a checkpoint can fall between two)")
-    checkpoint_every_s: float = _setting(300.0, "also checkpoint inside a layer this often (seconds)")
-    progress_every_s: float = _setting(30.0, "a progress line this often when stderr is not a terminal (seconds)")
-    devices: int = _setting(0, "devices each minibatch is split over (0: all, of all processes)")
-    distributed: bool = _setting(False, "join a multi-process run (jax.distributed.initialize)")
-    coordinator_address: str | None = _setting(None, "with --distributed: process 0's host:port (default: $JAX_COORDINATOR_ADDRESS)")
-    num_processes: int | None = _setting(None, "with --distributed (default: $JAX_NUM_PROCESSES)")
-    process_id: int | None = _setting(None, "with --distributed (default: $JAX_PROCESS_ID)")
+    kernels_only: bool = setting(False, "search kernels only (Algorithm 1 as printed), not BN")
+    channels: int = setting(16, "conv channels (16: the paper's network)")
+    global_pool: str = setting("max", "the network's global pool (max: the reference code's)", GLOBAL_POOLS)
+    seed: int = setting(72, "sampling seed (minibatches and dw)")
+    init_seed: int = setting(420, "parameter initialisation seed")
+    data_dir: str | None = setting(None, "TFDS data directory (default: $TFDS_DATA_DIR, else TFDS's default)")
+    data: str | None = setting(None, "a .npz file with x_train, y_train, x_test, y_test, instead of TFDS")
+    download: bool = setting(False, "let TFDS download the data into --data_dir if it is missing")
+    train_subset: int = setting(0, "the first N training images (0: all)")
+    chunk_size: int = setting(576, "weights per compiled RSO call (a checkpoint can fall between two)")
+    checkpoint_every_s: float = setting(300.0, "also checkpoint inside a layer this often (seconds)")
+    progress_every_s: float = setting(30.0, "a progress line this often when stderr is not a terminal (seconds)")
+    devices: int = setting(0, "devices each minibatch is split over (0: all, of all processes)")
+    distributed: bool = setting(False, "join a multi-process run (jax.distributed.initialize)")
+    coordinator_address: str | None = setting(None, "with --distributed: process 0's host:port (default: $JAX_COORDINATOR_ADDRESS)")
+    num_processes: int | None = setting(None, "with --distributed (default: $JAX_NUM_PROCESSES)")
+    process_id: int | None = setting(None, "with --distributed (default: $JAX_PROCESS_ID)")
 
     @classmethod
     def for_task(cls, task: str, **changes) -> "ExperimentConfig":

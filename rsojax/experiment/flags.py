@@ -1,7 +1,7 @@
 """Command lines generated from `ExperimentConfig`: a flag per field, with its default and help.
 
 A flag is named after its field (`--batch_size`) or its metadata's `flag`; a field with a True
-default is switched off by its negation (`NEGATIONS`, else `--no_<field>`). A flag that sets a
+default is switched off by its negation (its metadata's `flag`, else `--no_<field>`). A flag that sets a
 field of both `rso` and `sgd` (`--batch_size`, `--cycles`) sets the chosen optimizer's.
 """
 
@@ -12,7 +12,7 @@ import textwrap
 import typing
 from collections.abc import Callable
 
-from rsojax.experiment.config import FIRST_RUN, NEGATIONS, TASKS, ExperimentConfig, UsageError
+from rsojax.experiment.config import FIRST_RUN, TASKS, ExperimentConfig, UsageError
 
 
 def flag_targets(config) -> dict[str, list[tuple[tuple[str, ...], dataclasses.Field, type]]]:
@@ -32,7 +32,7 @@ def flag_targets(config) -> dict[str, list[tuple[tuple[str, ...], dataclasses.Fi
                 continue
             kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
             if kind is bool and value:  # a True default is switched off by its negation
-                flag = NEGATIONS.get(f.name, f"no_{f.name}")
+                flag = flag or f"no_{f.name}"
             flags.setdefault(flag or f.name, []).append(((*prefix, f.name), f, kind))
 
     visit(config, ())
