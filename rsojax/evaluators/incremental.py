@@ -87,6 +87,25 @@ def stage_pool(stage: ConvBlock, x_BxHxWx: jax.Array) -> jax.Array:
     return (x[:, 0::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) * 0.25
 
 
+def pick(a: jax.Array, i, axis: int) -> jax.Array:
+    """`a` at traced index `i` along `axis`, as a contraction with a one-hot vector.
+
+    Exact for finite `a` (one product by 1, the rest by 0). Unlike a dynamic slice, which XLA
+    fuses into every consumer and which keeps XLA:CPU from vectorising those loops (the
+    one-channel convolutions here ran 1.5x slower), the contraction's result is an array
+    of its own, so the loops that read it index it statically. For parameters only (small).
+    """
+    onehot = jax.nn.one_hot(i, a.shape[axis], dtype=a.dtype)
+    return jnp.tensordot(a, onehot, axes=([axis], [0]), precision=lax.Precision.HIGHEST)
+
+
+def set_channel(x_BxHxWxC: jax.Array, c, x_c_BxHxW: jax.Array) -> jax.Array:
+    """`x` with channel `c` (traced) replaced: a select against the channel index, which
+    XLA:CPU vectorises, where a scatter along the last axis is a loop of its own."""
+    channel = jnp.arange(x_BxHxWxC.shape[-1]) == c
+    return jnp.where(channel, x_c_BxHxW[..., None], x_BxHxWxC)
+
+
 def batch_norm(bn_params: dict, x_BxHxWxC: jax.Array) -> jax.Array:
     """The model's BatchNorm in search mode (statistics of the batch)."""
     return BatchNorm().apply({"params": bn_params}, x_BxHxWxC, train=True)
@@ -165,7 +184,7 @@ class Incremental(OfSequential):
             """Brings P's channel of the old pair up to the kernel: one input channel's 9-tap
             conv over the training set."""
             old_co, old_ci = ctx.pair
-            dtaps = kernel[:, :, old_ci, old_co] - ctx.taps
+            dtaps = _taps(kernel, old_ci, old_co) - ctx.taps
             x = self._input(stage, ctx.inputs.h_S[d][old_ci])
             dp = map_batches(lambda xc: stage_pool(stage, conv3x3_single(xc, dtaps[..., None])[..., 0]), x, self.cache_batch)
             return lax.dynamic_update_index_in_dim(p_OxNxHxW, p_OxNxHxW[old_co] + dp, old_co, axis=0)
@@ -173,7 +192,7 @@ class Incremental(OfSequential):
         moved = jnp.any(pair != ctx.pair)
         # Only P goes through the cond: the multi-GB stage inputs stay loop-invariant for XLA.
         p = lax.cond(moved & (ctx.pair[0] >= 0), fold, lambda p: p, ctx.p_OxNxHxW)
-        return ctx.replace(p_OxNxHxW=p, pair=pair, taps=jnp.where(moved, kernel[:, :, ci, co], ctx.taps))
+        return ctx.replace(p_OxNxHxW=p, pair=pair, taps=jnp.where(moved, _taps(kernel, ci, co), ctx.taps))
 
     def losses(self, ctx, params, path, j, values_3, idx_B):
         d, stage, leaf = self._stage(path)
@@ -184,7 +203,7 @@ class Incremental(OfSequential):
         p_B = batch_major(ctx.p_OxNxHxW, idx_B)  # (B, H', W', O)
 
         def bn_channel(co, p_channel, **replace):
-            bn_co = {name: value[co][None] for name, value in bn.items()} | {k: v[None] for k, v in replace.items()}
+            bn_co = {name: pick(value, co, 0)[None] for name, value in bn.items()} | {k: v[None] for k, v in replace.items()}
             return batch_norm(bn_co, p_channel[..., None])[..., 0]
 
         if leaf == "Conv_0/kernel":
@@ -192,17 +211,19 @@ class Incremental(OfSequential):
             kh, kw, ci, co = jnp.unravel_index(j, kernel.shape)
             x_B = self._input(stage, channel_rows(ctx.inputs.h_S[d], ci, idx_B))  # (B, H, W)
             # Channel co of P for the current kernel: P's value plus the pair's pending change.
-            dtaps = kernel[:, :, ci, co] - ctx.taps
-            p_co = p_B[..., co] + stage_pool(stage, conv3x3_single(x_B, dtaps[..., None])[..., 0])
+            dtaps = _taps(kernel, ci, co) - ctx.taps
+            h, w = x_B.shape[1:]
             x_pad = jnp.pad(x_B, ((0, 0), (1, 1), (1, 1)))
-            shifted = lax.dynamic_slice(x_pad, (jnp.zeros_like(kh), kh, kw), x_B.shape)
-            s_B = stage_pool(stage, shifted)
+            s9 = jnp.stack([stage_pool(stage, x_pad[:, a : a + h, b : b + w]) for a in range(3) for b in range(3)], -1)
+            p_co = channel_rows(ctx.p_OxNxHxW, co, idx_B) + jnp.dot(s9, dtaps.reshape(9), precision=lax.Precision.HIGHEST)
+            s_B = pick(s9, kh * 3 + kw, 3)
             dv_3 = values_3 - kernel[kh, kw, ci, co]
             yc_3 = jax.vmap(lambda dv: bn_channel(co, p_co + dv * s_B))(dv_3)
-            p_B = p_B.at[..., co].set(p_co)
+            p_B = set_channel(p_B, co, p_co)
         else:  # BN beta or gamma of channel co = j
             co, name = j, leaf.split("/")[-1]
-            yc_3 = jax.vmap(lambda v: bn_channel(co, p_B[..., co], **{name: v}))(values_3)
+            p_co = channel_rows(ctx.p_OxNxHxW, co, idx_B)
+            yc_3 = jax.vmap(lambda v: bn_channel(co, p_co, **{name: v}))(values_3)
         y_B = batch_norm(bn, p_B)
         return self._suffix_losses(params, d, y_B, co, yc_3, ctx.inputs.y_N[idx_B])
 
@@ -215,9 +236,10 @@ class Incremental(OfSequential):
             k_n = sp_n["Conv_0"]["kernel"]
             base = stage_pool(stage_n, conv3x3(self._input(stage_n, y_B), k_n))
             base_co = self._input(stage_n, y_B[..., co])
+            k_co = pick(k_n, co, 2)  # (3, 3, O): the taps that read input channel co
 
             def loss(yc):
-                delta = conv3x3_single(self._input(stage_n, yc) - base_co, k_n[:, :, co])
+                delta = conv3x3_single(self._input(stage_n, yc) - base_co, k_co)
                 z = batch_norm(sp_n["BatchNorm_0"], base + stage_pool(stage_n, delta))
                 out = self.model.apply({"params": params}, z, train=True, start=nxt + 1)
                 return summed_cross_entropy(out, labels_B)
@@ -225,10 +247,15 @@ class Incremental(OfSequential):
         else:
 
             def loss(yc):
-                out = self.model.apply({"params": params}, y_B.at[..., co].set(yc), train=True, start=nxt)
+                out = self.model.apply({"params": params}, set_channel(y_B, co, yc), train=True, start=nxt)
                 return summed_cross_entropy(out, labels_B)
 
         return jax.vmap(loss)(yc_3)
+
+
+def _taps(kernel_3x3xIxO: jax.Array, ci, co) -> jax.Array:
+    """The 9 taps (3, 3) of input channel `ci` into output channel `co` (traced), via `pick`."""
+    return pick(pick(kernel_3x3xIxO, co, 3), ci, 2)
 
 
 def channel_rows(h_CxNx: jax.Array, c, idx_B: jax.Array) -> jax.Array:
