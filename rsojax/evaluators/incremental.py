@@ -182,12 +182,18 @@ class Incremental(OfSequential):
 
         def fold(p_OxNxHxW):
             """Brings P's channel of the old pair up to the kernel: one input channel's 9-tap
-            conv over the training set."""
+            conv over the training set, added in place pass by pass (the temporaries of a
+            conditional branch are allocated, and their pages faulted in, at every call)."""
             old_co, old_ci = ctx.pair
             dtaps = _taps(kernel, old_ci, old_co) - ctx.taps
-            x = self._input(stage, ctx.inputs.h_S[d][old_ci])
-            dp = map_batches(lambda xc: stage_pool(stage, conv3x3_single(xc, dtaps[..., None])[..., 0]), x, self.cache_batch)
-            return lax.dynamic_update_index_in_dim(p_OxNxHxW, p_OxNxHxW[old_co] + dp, old_co, axis=0)
+
+            def add(p, start, size):
+                x = lax.dynamic_slice(ctx.inputs.h_S[d], (old_ci, start, 0, 0), (1, size, *ctx.inputs.h_S[d].shape[2:]))
+                dp = stage_pool(stage, conv3x3_single(self._input(stage, x[0]), dtaps[..., None])[..., 0])
+                at = (old_co, start, 0, 0)
+                return lax.dynamic_update_slice(p, lax.dynamic_slice(p, at, (1, *dp.shape)) + dp[None], at)
+
+            return in_passes(add, p_OxNxHxW, p_OxNxHxW.shape[1], self.cache_batch)
 
         moved = jnp.any(pair != ctx.pair)
         # Only P goes through the cond: the multi-GB stage inputs stay loop-invariant for XLA.
@@ -251,6 +257,14 @@ class Incremental(OfSequential):
                 return summed_cross_entropy(out, labels_B)
 
         return jax.vmap(loss)(yc_3)
+
+
+def in_passes(add, carry, n: int, size: int):
+    """`carry = add(carry, start, length)` over examples 0..n-1 in passes of `size` (a loop, so
+    the temporaries are those of one pass)."""
+    full = n // size
+    carry = lax.fori_loop(0, full, lambda i, c: add(c, i * size, size), carry)
+    return add(carry, full * size, n - full * size) if full * size < n else carry
 
 
 def _taps(kernel_3x3xIxO: jax.Array, ci, co) -> jax.Array:
