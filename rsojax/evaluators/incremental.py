@@ -188,9 +188,10 @@ class Incremental(OfSequential):
             dtaps = _taps(kernel, old_ci, old_co) - ctx.taps
 
             def add(p, start, size):
-                x = lax.dynamic_slice(ctx.inputs.h_S[d], (old_ci, start, 0, 0), (1, size, *ctx.inputs.h_S[d].shape[2:]))
-                dp = stage_pool(stage, conv3x3_single(self._input(stage, x[0]), dtaps[..., None])[..., 0])
-                at = (old_co, start, 0, 0)
+                h = ctx.inputs.h_S[d]
+                x = lax.dynamic_slice(h, _index(old_ci, start, 0, 0), (1, size, *h.shape[2:]))[0]
+                dp = stage_pool(stage, conv3x3_single(self._input(stage, x), dtaps[..., None])[..., 0])
+                at = _index(old_co, start, 0, 0)
                 return lax.dynamic_update_slice(p, lax.dynamic_slice(p, at, (1, *dp.shape)) + dp[None], at)
 
             return in_passes(add, p_OxNxHxW, p_OxNxHxW.shape[1], self.cache_batch)
@@ -262,9 +263,15 @@ class Incremental(OfSequential):
 def in_passes(add, carry, n: int, size: int):
     """`carry = add(carry, start, length)` over examples 0..n-1 in passes of `size` (a loop, so
     the temporaries are those of one pass)."""
+    size = min(size, n)
     full = n // size
     carry = lax.fori_loop(0, full, lambda i, c: add(c, i * size, size), carry)
     return add(carry, full * size, n - full * size) if full * size < n else carry
+
+
+def _index(*i) -> tuple:
+    """Start indices of one integer type (dynamic_slice refuses a mix, as under x64)."""
+    return tuple(jnp.asarray(v, jnp.int32) for v in i)
 
 
 def _taps(kernel_3x3xIxO: jax.Array, ci, co) -> jax.Array:
