@@ -87,6 +87,24 @@ def stage_pool(stage: ConvBlock, x_BxHxWx: jax.Array) -> jax.Array:
     return (x[:, 0::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) * 0.25
 
 
+def pooled_conv3x3_single(stage: ConvBlock, x_BxHxW: jax.Array, taps_3x3: jax.Array) -> jax.Array:
+    """`stage_pool(conv3x3_single(x, taps))` for one output channel: (B, H, W) -> (B, H', W').
+
+    With a pool, the two are one 4x4 correlation with stride 2 (each tap of the 3x3 kernel
+    lands on 4 of the 16 with weight 1/4): 16 multiply-adds per output instead of 36.
+    """
+    if not stage.pool:
+        return conv3x3_single(x_BxHxW, taps_3x3[..., None])[..., 0]
+    taps_4x4 = sum(jnp.pad(taps_3x3, ((a, 1 - a), (b, 1 - b))) for a in range(2) for b in range(2)) * 0.25
+    h, w = x_BxHxW.shape[1:]
+    x_pad = jnp.pad(x_BxHxW, ((0, 0), (1, 1), (1, 1)))
+    out = 0.0
+    for u in range(4):
+        for v in range(4):
+            out = out + x_pad[:, u : u + h : 2, v : v + w : 2] * taps_4x4[u, v]
+    return out
+
+
 def pick(a: jax.Array, i, axis: int) -> jax.Array:
     """`a` at traced index `i` along `axis`, as a contraction with a one-hot vector.
 
@@ -190,7 +208,7 @@ class Incremental(OfSequential):
             def add(p, start, size):
                 h = ctx.inputs.h_S[d]
                 x = lax.dynamic_slice(h, _index(old_ci, start, 0, 0), (1, size, *h.shape[2:]))[0]
-                dp = stage_pool(stage, conv3x3_single(self._input(stage, x), dtaps[..., None])[..., 0])
+                dp = pooled_conv3x3_single(stage, self._input(stage, x), dtaps)
                 at = _index(old_co, start, 0, 0)
                 return lax.dynamic_update_slice(p, lax.dynamic_slice(p, at, (1, *dp.shape)) + dp[None], at)
 
