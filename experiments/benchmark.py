@@ -40,14 +40,17 @@ MODELS = {"mnist": (rsojax.mnist_convnet, 60000), "cifar10": (rsojax.cifar10_res
 
 # --- Arithmetic per cycle, counted analytically --------------------------------------------
 # Multiply-adds x 2 of the convolutions and the dense layer only; BN, ReLU, pooling, the
-# residual additions, the loss and data movement are not counted. `stage_flops[i]` is stage i's
-# cost for one image.
+# residual additions, the loss and data movement are not counted. `stage_costs(model)[0][i]` is
+# stage i's cost for one image.
 
 
-def stage_flops(model) -> list[float]:
-    flops, x = [], jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32)
+def stage_costs(model) -> tuple[list[float], list[float], list[float]]:
+    """Per stage and image: FLOPs, and the elements of the stage's input and output (every
+    array of a pytree activation, such as a residual block's skip tensor)."""
+    flops, inputs, outputs, x = [], [], [], jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32)
     params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=True), x)["params"]
     for i, stage in enumerate(model.stages):
+        inputs.append(float(sum(math.prod(a.shape[1:]) for a in jax.tree.leaves(x))))
         h, skip = x if isinstance(stage, ResidualBlock) and stage.residual else (x, None)
         _, height, width, c_in = h.shape
         if isinstance(stage, ConvBlock | ResidualBlock):
@@ -59,7 +62,8 @@ def stage_flops(model) -> list[float]:
         else:
             raise ValueError(f"model: no FLOP count for stage {i} ({type(stage).__name__})")
         x = jax.eval_shape(lambda p, x, i=i: model.apply({"params": p}, x, start=i, stop=i + 1), params, x)
-    return flops
+        outputs.append(float(sum(math.prod(a.shape[1:]) for a in jax.tree.leaves(x))))
+    return flops, inputs, outputs
 
 
 def flops_generic(f, d, leaf, n_weights, batch, n_train, n_chunks, model) -> float:
@@ -99,6 +103,69 @@ def flops_inputs(f, mode, n_train) -> float:
     return 0.0 if mode == "generic" else n_train * sum(f[:-1])
 
 
+# --- Bytes per cycle, counted analytically -----------------------------------------------------
+# The main-memory traffic of the same work, float32: every stage run on an image reads its input
+# and writes its output once (`stage_bytes`; kernels, BN's extra passes and caches that stay in
+# cache are not counted), plus what an evaluator reads from and writes to its whole-training-set
+# caches. A lower bound: FLOPs / bytes says whether a layer could be bound by arithmetic or by
+# memory, and a layer far below both rates is bound by overhead (many small kernels per weight).
+
+FLOAT = 4  # bytes
+
+
+def stage_bytes(costs) -> list[float]:
+    _, inputs, outputs = costs
+    return [FLOAT * (a + b) for a, b in zip(inputs, outputs)]
+
+
+def bytes_generic(costs, d, leaf, n_weights, batch, n_train, n_chunks, model) -> float:
+    """Per weight: the stages before d once, d on 3 times."""
+    del leaf, n_train, n_chunks, model
+    b = stage_bytes(costs)
+    return n_weights * batch * (sum(b[:d]) + 3 * sum(b[d:]))
+
+
+def bytes_cached(costs, d, leaf, n_weights, batch, n_train, n_chunks, model) -> float:
+    """Per weight: the batch's rows of stage d's cached input, then stages d on, 3 times."""
+    del leaf, n_train, n_chunks, model
+    return n_weights * batch * (FLOAT * costs[1][d] + 3 * sum(stage_bytes(costs)[d:]))
+
+
+def bytes_incremental(costs, d, leaf, n_weights, batch, n_train, n_chunks, model) -> float:
+    """As `flops_incremental`: per chunk, conv d over the training set; for a kernel, per (input,
+    output) channel pair, one input channel read and one channel of P read and written over the
+    training set, and per weight the batch's rows of P and of one input channel; then the next
+    stage's conv once and its one-channel change 3 times (or stages d+1 on 3 times)."""
+    stages, b, (_, inputs, outputs) = model.stages, stage_bytes(costs), costs
+    if not isinstance(stages[d], ConvBlock):
+        return bytes_cached(costs, d, leaf, n_weights, batch, n_train, n_chunks, model)
+    c_in, c_out = stages[d - 1].features if d else model.input_shape[-1], stages[d].features
+    total = n_train * b[d] * n_chunks
+    per_image = FLOAT * outputs[d]  # the batch's rows of P
+    if leaf == "Conv_0/kernel":
+        pairs = n_weights / 9
+        total += pairs * n_train * FLOAT * (inputs[d] / c_in + 2 * outputs[d] / c_out)
+        per_image += FLOAT * inputs[d] / c_in
+    if d + 1 < len(stages) and isinstance(stages[d + 1], ConvBlock):
+        per_image += b[d + 1] + 3 * FLOAT * outputs[d + 1] + 3 * sum(b[d + 2 :])
+    else:
+        per_image += 3 * sum(b[d + 1 :])
+    return total + n_weights * batch * per_image
+
+
+def bytes_inputs(costs, mode, n_train) -> float:
+    """Once per cycle, the cached evaluators run every stage over the training set."""
+    return 0.0 if mode == "generic" else n_train * sum(stage_bytes(costs)[:-1])
+
+
+# Per evaluator: (FLOPs, bytes) of a layer.
+COUNTS = {
+    "incremental": (flops_incremental, bytes_incremental),
+    "cached": (flops_cached, bytes_cached),
+    "generic": (flops_generic, bytes_generic),
+}
+
+
 def window(mode: str, shape, k: int) -> int:
     """Weights to time. `incremental` folds its cache once per 9 taps of a kernel (one input and
     output channel pair), so its window is rounded up to whole pairs to count that work in
@@ -128,7 +195,8 @@ def run(args) -> dict:
     config = rsojax.RSOConfig(batch_size=args.batch_size, precision=args.precision)
     rso = rsojax.RSO(EVALUATORS[args.mode](model), model.search_order(), config, mesh=mesh)
     state = rso.init(params, jax.random.key(args.seed), (x, y))
-    f = stage_flops(model)
+    costs = stage_costs(model)
+    f = costs[0]
     load_before = os.getloadavg()
     data = (x, y)
     # Once per cycle (`run_rso` passes each context on as `previous`): the stage inputs.
@@ -137,6 +205,7 @@ def run(args) -> dict:
     ctx, inputs_s = timed(rso.prepare, state, data, first_path)
     inputs_s -= timed(rso.prepare, state, data, first_path, previous=ctx)[1]
     flops = flops_inputs(f, args.mode, args.train_size)
+    moved = bytes_inputs(costs, args.mode, args.train_size)
     per_layer, compile_seconds = [], 0.0
     for path in rso.layers:
         d, leaf = rsojax.models.stage_of(path), path.split("/", 1)[1]
@@ -153,17 +222,18 @@ def run(args) -> dict:
         # differently from the one it was given); then `k` weights are timed.
         (state, _), warm_s = timed(rso.sweep, state, ctx, path, 0, 1)
         (state, _), warm2_s = timed(rso.sweep, state, ctx, path, 1, 2)
-        # A call's fixed cost (moving the context into the loop), paid once per chunk.
-        _, call_s = timed(rso.sweep, state, ctx, path, 2, 2)
+        # A call's fixed cost (moving the context into the loop), paid once per chunk: the
+        # fastest of three, so that noise does not make the per-weight time negative.
+        call_s = min(timed(rso.sweep, state, ctx, path, 2, 2)[1] for _ in range(3))
         k = window(args.mode, shape, args.weights_per_layer)
         (state, _), sweep_s = timed(rso.sweep, state, ctx, path, 2, 2 + k)
-        sweep_s -= call_s
-        per_weight = sweep_s / k
+        per_weight = (sweep_s - call_s if sweep_s > call_s else sweep_s) / k
         compile_seconds += max(first - prepare_s, 0.0) + max(warm_s + warm2_s - 2 * per_weight, 0.0)
         layer_seconds = n_chunks * (prepare_s + call_s) + n * per_weight
-        flops_fn = {"incremental": flops_incremental, "cached": flops_cached, "generic": flops_generic}[args.mode]
+        flops_fn, bytes_fn = COUNTS[args.mode]
         layer_flops = flops_fn(f, d, leaf, n, args.batch_size, args.train_size, n_chunks, model)
-        flops += layer_flops
+        layer_bytes = bytes_fn(costs, d, leaf, n, args.batch_size, args.train_size, n_chunks, model)
+        flops, moved = flops + layer_flops, moved + layer_bytes
         per_layer.append(
             {
                 "layer": path,
@@ -174,11 +244,14 @@ def run(args) -> dict:
                 "call_seconds": call_s,
                 "layer_seconds": layer_seconds,
                 "layer_flops": layer_flops,
+                "layer_bytes": layer_bytes,
+                "gflops": layer_flops / layer_seconds / 1e9,
+                "gbytes_per_s": layer_bytes / layer_seconds / 1e9,
             }
         )
         print(
             f"{path:28s} {n:6d} {k:5d} {1.0 / per_weight:10.1f} {prepare_s:9.2f} {layer_seconds:10.1f}"
-            f" {layer_flops / layer_seconds / 1e9:8.1f}",
+            f" {layer_flops / layer_seconds / 1e9:8.1f} {layer_bytes / layer_seconds / 1e9:6.1f}",
             flush=True,
         )
     cycle_seconds = inputs_s + sum(r["layer_seconds"] for r in per_layer)
@@ -199,6 +272,8 @@ def run(args) -> dict:
         "cycle_seconds": cycle_seconds,
         "flops_per_cycle": flops,
         "achieved_gflops": flops / cycle_seconds / 1e9,
+        "bytes_per_cycle": moved,
+        "achieved_gbytes_per_s": moved / cycle_seconds / 1e9,
         "compile_seconds": compile_seconds,
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} cores",
@@ -231,12 +306,12 @@ def main():
         f"model={args.model} mode={args.mode} precision={args.precision} global_pool={args.global_pool} batch_size={args.batch_size}"
         f" train_size={args.train_size} K={args.weights_per_layer} devices={args.devices}"
     )
-    print(f"{'layer':28s} {'n':>6s} {'timed':>5s} {'weights/s':>10s} {'prepare s':>9s} {'layer s':>10s} {'GFLOP/s':>8s}")
+    print(f"{'layer':28s} {'n':>6s} {'timed':>5s} {'weights/s':>10s} {'prepare s':>9s} {'layer s':>10s} {'GFLOP/s':>8s} {'GB/s':>6s}")
     result = run(args)
     print(
         f"cycle: {result['cycle_seconds']:.1f} s ({result['weights_per_s']:.1f} weights/s on {result['n_devices']} "
         f"device(s), {result['n_processes']} process(es)), {result['flops_per_cycle'] / 1e12:.2f} TFLOP, "
-        f"{result['achieved_gflops']:.1f} GFLOP/s; compile {result['compile_seconds']:.1f} s; "
+        f"{result['achieved_gflops']:.1f} GFLOP/s, {result['bytes_per_cycle'] / 1e12:.2f} TB moved ({result['achieved_gbytes_per_s']:.1f} GB/s); compile {result['compile_seconds']:.1f} s; "
         f"peak memory {result['peak_memory_mb']:.0f} MB; load {result['load_average']}"
     )
     if args.out:
