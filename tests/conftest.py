@@ -3,7 +3,8 @@ cast explicitly.
 
 The suite's many small runs compile the same programs again and again (every `RSO` jits its
 own sweeps; every command line is a new process): one persistent compilation cache per
-session, shared with the subprocesses through the environment, compiles each once.
+session, shared through the environment with the subprocesses and with the pytest-xdist
+workers (which the main process starts after it has read this file), compiles each once.
 """
 
 import atexit
@@ -11,9 +12,12 @@ import os
 import shutil
 import tempfile
 
-_CACHE = tempfile.mkdtemp(prefix="rsojax-tests-jax-cache-")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+_CACHE = os.environ.get("RSOJAX_TESTS_JAX_CACHE")
+if _CACHE is None:  # the main pytest process: it makes the cache and removes it at exit
+    _CACHE = tempfile.mkdtemp(prefix="rsojax-tests-jax-cache-")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ |= {
+    "RSOJAX_TESTS_JAX_CACHE": _CACHE,
     "JAX_COMPILATION_CACHE_DIR": _CACHE,
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
@@ -154,3 +158,16 @@ def comparable(workdir):
     but their wall time."""
     records = [{k: v for k, v in r.items() if k != "wall_time_s"} for r in read_records(workdir)]
     return json.load(open(os.path.join(workdir, "summary.json")))["params_sha256"], records
+
+
+# pytest-xdist hands whole modules to its workers in collection order: the longest first, so
+# that the two workers finish together (measured with --durations; the rest keep their order).
+LONGEST_FIRST = (
+    "test_gpu_check.py", "test_notebook.py", "test_evaluators.py", "test_train.py", "test_cifar10.py",
+    "test_resnet.py", "test_distributed.py", "test_experiments.py", "test_ablations.py", "test_rso.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -30,6 +30,14 @@ pair's changes are folded into P over the whole training set (`refresh`). Every 
 folded once per layer sweep.
 
 Stages that are not ConvBlocks (the dense head, MLP stages) are evaluated as `Cached` does.
+
+How it is written for speed (measured on a 2-core CPU, `experiments/benchmark.py`): XLA fuses a
+cheap producer into each of its consumers, so a value read by several loops is computed once
+per loop. A channel picked with a traced index (`kernel[:, :, co]`) or the pair's pending change
+to P would be recomputed by up to five loops per weight, and XLA:CPU does not vectorise loops
+that contain a dynamic slice; `pick` (a masked sum, exact) and a dot over
+the 9 pooled shifts of the input channel produce arrays of their own instead, and `set_channel`
+replaces a channel with a select rather than a scatter.
 """
 
 import dataclasses
@@ -106,15 +114,15 @@ def pooled_conv3x3_single(stage: ConvBlock, x_BxHxW: jax.Array, taps_3x3: jax.Ar
 
 
 def pick(a: jax.Array, i, axis: int) -> jax.Array:
-    """`a` at traced index `i` along `axis`, as a contraction with a one-hot vector.
+    """`a` at traced index `i` along `axis`, as a sum over the axis of `a` masked to index `i`.
 
-    Exact for finite `a` (one product by 1, the rest by 0). Unlike a dynamic slice, which XLA
-    fuses into every consumer and which keeps XLA:CPU from vectorising those loops (the
-    one-channel convolutions here ran 1.5x slower), the contraction's result is an array
-    of its own, so the loops that read it index it statically. For parameters only (small).
+    Exact (one value plus zeros). Unlike a dynamic slice, which XLA fuses into every consumer
+    and which keeps XLA:CPU from vectorising those loops (the one-channel convolutions here ran
+    1.5x slower), a reduction's result is an array of its own, so the loops that read it index
+    it statically. For small arrays (parameters, a few channels).
     """
-    onehot = jax.nn.one_hot(i, a.shape[axis], dtype=a.dtype)
-    return jnp.tensordot(a, onehot, axes=([axis], [0]), precision=lax.Precision.HIGHEST)
+    mask = jnp.arange(a.shape[axis]).reshape([-1 if k == axis else 1 for k in range(a.ndim)]) == i
+    return jnp.where(mask, a, 0).sum(axis)
 
 
 def set_channel(x_BxHxWxC: jax.Array, c, x_c_BxHxW: jax.Array) -> jax.Array:
@@ -200,8 +208,9 @@ class Incremental(OfSequential):
 
         def fold(p_OxNxHxW):
             """Brings P's channel of the old pair up to the kernel: one input channel's 9-tap
-            conv over the training set, added in place pass by pass (the temporaries of a
-            conditional branch are allocated, and their pages faulted in, at every call)."""
+            conv over the training set, added in place pass by pass (XLA:CPU allocates the
+            temporaries of a conditional branch, and the kernel faults their pages in, at every
+            call: one pass over all examples had 216 MB of them)."""
             old_co, old_ci = ctx.pair
             dtaps = _taps(kernel, old_ci, old_co) - ctx.taps
 
@@ -212,7 +221,10 @@ class Incremental(OfSequential):
                 at = _index(old_co, start, 0, 0)
                 return lax.dynamic_update_slice(p, lax.dynamic_slice(p, at, (1, *dp.shape)) + dp[None], at)
 
-            return in_passes(add, p_OxNxHxW, p_OxNxHxW.shape[1], self.cache_batch)
+            n = p_OxNxHxW.shape[1]
+            # Passes only where they pay (XLA:CPU): elsewhere the temporaries of a branch are
+            # assigned once, and each pass would be a few more kernel launches per weight.
+            return in_passes(add, p_OxNxHxW, n, self.cache_batch if jax.default_backend() == "cpu" else n)
 
         moved = jnp.any(pair != ctx.pair)
         # Only P goes through the cond: the multi-GB stage inputs stay loop-invariant for XLA.
@@ -240,7 +252,7 @@ class Incremental(OfSequential):
             h, w = x_B.shape[1:]
             x_pad = jnp.pad(x_B, ((0, 0), (1, 1), (1, 1)))
             s9 = jnp.stack([stage_pool(stage, x_pad[:, a : a + h, b : b + w]) for a in range(3) for b in range(3)], -1)
-            p_co = channel_rows(ctx.p_OxNxHxW, co, idx_B) + jnp.dot(s9, dtaps.reshape(9), precision=lax.Precision.HIGHEST)
+            p_co = channel_rows(ctx.p_OxNxHxW, co, idx_B) + jnp.dot(s9, dtaps.reshape(9))
             s_B = pick(s9, kh * 3 + kw, 3)
             dv_3 = values_3 - kernel[kh, kw, ci, co]
             yc_3 = jax.vmap(lambda dv: bn_channel(co, p_co + dv * s_B))(dv_3)
