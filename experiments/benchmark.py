@@ -2,8 +2,10 @@
 residual network), per evaluation path.
 
 Times K weights of every layer through the engine's public API (`RSO.prepare`, `RSO.sweep`)
-and extrapolates to the full layer; compilation is timed apart. Data are random images of
-the network's input shape (no dataset needed): the cost does not depend on the values.
+and extrapolates to the full layer; compilation is timed apart. Per layer and per cycle it
+reports seconds, FLOPs and bytes moved (both counted analytically, below) and their rates.
+Data are random images of the network's input shape (no dataset needed): the cost does not
+depend on the values.
 
     python experiments/benchmark.py --mode incremental --batch_size 512 --weights_per_layer 64 \
         --out incremental_512.json
