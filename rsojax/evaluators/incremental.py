@@ -35,9 +35,9 @@ How it is written for speed (measured on a 2-core CPU, `experiments/benchmark.py
 cheap producer into each of its consumers, so a value read by several loops is computed once
 per loop. A channel picked with a traced index (`kernel[:, :, co]`) or the pair's pending change
 to P would be recomputed by up to five loops per weight, and XLA:CPU does not vectorise loops
-that contain a dynamic slice; `pick` (a masked sum, exact) and a dot over
-the 9 pooled shifts of the input channel produce arrays of their own instead, and `set_channel`
-replaces a channel with a select rather than a scatter.
+that contain a dynamic slice; `pick` (a masked sum, exact) and a dot over the 9 pooled shifts of
+the input channel produce arrays of their own instead, and `set_channel` replaces a channel with
+a select rather than a scatter.
 """
 
 import dataclasses
