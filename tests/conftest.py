@@ -168,15 +168,3 @@ def comparable(workdir):
     records = [{k: v for k, v in r.items() if k != "wall_time_s"} for r in read_records(workdir)]
     return json.load(open(os.path.join(workdir, "summary.json")))["params_sha256"], records
 
-
-# pytest-xdist hands whole modules to its workers in collection order: the longest first, so
-# that the two workers finish together (measured with --durations; the rest keep their order).
-LONGEST_FIRST = (
-    "test_gpu_check.py", "test_notebook.py", "test_evaluators.py", "test_train.py", "test_cifar10.py",
-    "test_resnet.py", "test_distributed.py", "test_experiments.py", "test_ablations.py", "test_rso.py",
-)
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -221,10 +221,7 @@ class Incremental(OfSequential):
                 at = _index(old_co, start, 0, 0)
                 return lax.dynamic_update_slice(p, lax.dynamic_slice(p, at, (1, *dp.shape)) + dp[None], at)
 
-            n = p_OxNxHxW.shape[1]
-            # Passes only where they pay (XLA:CPU): elsewhere the temporaries of a branch are
-            # assigned once, and each pass would be a few more kernel launches per weight.
-            return in_passes(add, p_OxNxHxW, n, self.cache_batch if jax.default_backend() == "cpu" else n)
+            return in_passes(add, p_OxNxHxW, p_OxNxHxW.shape[1], self.cache_batch)
 
         moved = jnp.any(pair != ctx.pair)
         # Only P goes through the cond: the multi-GB stage inputs stay loop-invariant for XLA.
