@@ -16,6 +16,10 @@ depend on the values.
 float32 by default, `default` for the backend's own (TF32 on NVIDIA GPUs; CPUs compute float32
 either way). --global_pool picks the network's global pool (max, as the reference code).
 
+--trace DIR writes a `jax.profiler` trace of every layer's timed weights, swept once more
+after timing, to DIR/<layer> (viewable in TensorBoard's profile plugin or XProf), with the
+sweep's compiled HLO beside it (sweep.hlo.txt: which code each kernel runs).
+
 --devices N splits each minibatch over N devices (`rsojax.sharding`); on a CPU, N devices are
 made from its cores (`jax_num_cpu_devices`), so compare N = 1, 2, ... on the same machine.
 """
@@ -181,6 +185,13 @@ def window(mode: str, shape, k: int) -> int:
     return min(k, n - 2)
 
 
+# --trace: device and XLA events only (the Python tracer and the embedded HLO made 8-10 MB per layer).
+TRACE_OPTIONS = jax.profiler.ProfileOptions()
+TRACE_OPTIONS.python_tracer_level = 0
+TRACE_OPTIONS.host_tracer_level = 1
+TRACE_OPTIONS.enable_hlo_proto = False
+
+
 def timed(fn, *args, **kwargs):
     t = time.perf_counter()
     out = jax.block_until_ready(fn(*args, **kwargs))
@@ -230,6 +241,12 @@ def run(args) -> dict:
         k = window(args.mode, shape, args.weights_per_layer)
         (state, _), sweep_s = timed(rso.sweep, state, ctx, path, 2, 2 + k)
         per_weight = (sweep_s - call_s if sweep_s > call_s else sweep_s) / k
+        if args.trace:  # once more, untimed, under the profiler: the kernels of k weights
+            folder = os.path.join(args.trace, path.replace("/", "."))
+            with jax.profiler.trace(folder, profiler_options=TRACE_OPTIONS):
+                state, _ = jax.block_until_ready(rso.sweep(state, ctx, path, 2, 2 + k))
+            with open(os.path.join(folder, "sweep.hlo.txt"), "w") as fh:  # the kernels' names and sources
+                fh.write(rso.lower(state, ctx, path, 2, 2 + k).compile().as_text())
         compile_seconds += max(first - prepare_s, 0.0) + max(warm_s + warm2_s - 2 * per_weight, 0.0)
         layer_seconds = n_chunks * (prepare_s + call_s) + n * per_weight
         flops_fn, bytes_fn = COUNTS[args.mode]
@@ -300,6 +317,9 @@ def main():
     parser.add_argument("--chunk_size", type=int, default=576, help="weights per compiled sweep call (as experiments/mnist.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--devices", type=int, default=1, help="devices each minibatch is split over (0 = all)")
+    parser.add_argument("--trace", default=None, metavar="DIR",
+                        help="also profile each layer's K weights once more (after timing them) into DIR/<layer>, "
+                        "for TensorBoard or XProf")
     args = parser.parse_args()
     args.train_size = args.train_size or MODELS[args.model][1]
     if args.devices > 1:  # on a CPU backend, as many devices as asked (no effect on GPUs and TPUs)

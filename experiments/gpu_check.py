@@ -18,9 +18,15 @@ each is guarded, so a failure in one is recorded and the others still run:
   sgd        the optax SGD baseline (`rsojax.experiment.SGDConfig`) on the same network,
              data and card, for as many epochs as fit: seconds per epoch and test accuracy.
 
+--parts picks the parts (their budget shares are renormalised). --baseline DIR runs each
+benchmark of --baseline_modes once more from another checkout (an earlier commit unpacked
+with `git archive`), right after this checkout's: a before and after on one card, one call.
+--trace profiles the first benchmark run's layers (`benchmark.py --trace`).
+
 Writes OUT/gpu_check.json (every number, the benchmark JSONs included), OUT/gpu_check.md
-(markdown tables for the README, with the card, the JAX version and the commit) and
-OUT/gpu_check.log (this output and the benchmarks'), all rewritten after every part.
+(markdown tables for the README, with the card, the JAX version and the commit),
+OUT/gpu_check.log (this output and the benchmarks'), all rewritten after every part, and
+with --trace OUT/traces.tar.gz.
 --tiny shrinks every part so that the whole script runs on a CPU in a few minutes (a smoke
 test); each size can also be set alone.
 """
@@ -32,6 +38,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import traceback
@@ -71,6 +78,8 @@ class Check:
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "budget_s": args.budget_s,
             "sizes": {k: getattr(args, k) for k in FULL},
+            "parts_run": args.parts.split(","),
+            "baseline": baseline_commit(args.baseline),
             "parts": {},
         }
 
@@ -84,7 +93,7 @@ class Check:
 
     def deadline(self, part: str) -> float:
         """When `part` must stop: its share of the time left, against the parts still to run."""
-        names = list(PARTS)
+        names = [p for p in PARTS if p in self.args.parts.split(",")]
         left = sum(PARTS[p] for p in names[names.index(part):])
         return time.monotonic() + max(self.end - time.monotonic(), 0.0) * PARTS[part] / left
 
@@ -133,9 +142,17 @@ def commit() -> str:
         return "unknown"
 
 
-def child_env() -> dict:
-    """The environment of a subprocess: this one's, with the checkout importable."""
-    return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+def baseline_commit(folder: str | None) -> str | None:
+    """The commit of a --baseline checkout, from its commit.txt where it has one."""
+    if folder is None:
+        return None
+    path = os.path.join(folder, "commit.txt")
+    return open(path).read().strip() if os.path.isfile(path) else f"unknown ({folder})"
+
+
+def child_env(root: str = ROOT) -> dict:
+    """The environment of a subprocess: this one's, with the checkout at `root` importable."""
+    return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
 
 
 def preflight() -> str:
@@ -159,43 +176,55 @@ def benchmark(deadline: float, result: dict, check: Check):
     result["runs"] = runs = []
     tmp = tempfile.mkdtemp(prefix="gpu_check_bench_")
     longest = 0.0
+    plan = []  # (name, checkout root, extra arguments); each baseline run right after its twin
     for batch in map(int, a.bench_batch_sizes.split(",")):
         for mode in a.bench_modes.split(","):
             for precision in a.bench_precisions.split(","):
+                args = ["--mode", mode, "--batch_size", str(batch), "--precision", precision]
                 name = f"{mode}_{batch}_{precision}"
-                left = deadline - time.monotonic()
-                if left < longest:  # the runs take about as long as each other
-                    runs.append({"name": name, "status": f"skipped: {left:.0f} s left, a run took {longest:.0f} s"})
-                    check.say(f"benchmark {name}: skipped ({left:.0f} s left)")
-                    continue
-                out = os.path.join(tmp, f"{name}.json")
-                cmd = [sys.executable, os.path.join(ROOT, "experiments", "benchmark.py"), "--mode", mode,
-                       "--batch_size", str(batch), "--precision", precision, "--train_size", str(a.bench_train_size),
-                       "--weights_per_layer", str(a.bench_weights), "--out", out]
-                tic = time.monotonic()
-                try:
-                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left, env=child_env(), cwd=ROOT)
-                    status = "ok" if proc.returncode == 0 else f"exit code {proc.returncode}"
-                    output = proc.stdout + proc.stderr
-                except subprocess.TimeoutExpired as e:  # its partial output can come back as bytes
-                    status = f"timed out after {left:.0f} s"
-                    output = "".join(
-                        x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (e.stdout, e.stderr)
-                    )
-                seconds = time.monotonic() - tic
-                longest = max(longest, seconds)
-                check.say(f"benchmark {name} output:\n{output}", quiet=True)
-                run = {"name": name, "status": status, "process_seconds": seconds}
-                if status == "ok":
-                    with open(out) as f:
-                        run["result"] = json.load(f)
-                    r = run["result"]
-                    check.say(f"benchmark {name}: cycle {r['cycle_seconds']:.2f} s, "
-                              f"compile {r['compile_seconds']:.0f} s, {r['achieved_gflops']:.0f} GFLOP/s "
-                              f"({seconds:.0f} s with start-up)")
-                else:
-                    check.say(f"benchmark {name}: {status}; last output: {output.strip()[-500:]}")
-                runs.append(run)
+                plan.append((name, ROOT, args))
+                if a.baseline and mode in a.baseline_modes.split(","):
+                    plan.append((f"baseline_{name}", os.path.abspath(a.baseline), args))
+    for i, (name, root, args) in enumerate(plan):
+        left = deadline - time.monotonic()
+        if left < longest:  # the runs take about as long as each other
+            runs.append({"name": name, "status": f"skipped: {left:.0f} s left, a run took {longest:.0f} s"})
+            check.say(f"benchmark {name}: skipped ({left:.0f} s left)")
+            continue
+        out = os.path.join(tmp, f"{name}.json")
+        cmd = [sys.executable, os.path.join(root, "experiments", "benchmark.py"), *args,
+               "--train_size", str(a.bench_train_size), "--weights_per_layer", str(a.bench_weights), "--out", out]
+        if a.trace and i == 0:
+            cmd += ["--trace", os.path.join(tmp, "trace")]
+        tic = time.monotonic()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left, env=child_env(root), cwd=root)
+            status = "ok" if proc.returncode == 0 else f"exit code {proc.returncode}"
+            output = proc.stdout + proc.stderr
+        except subprocess.TimeoutExpired as e:  # its partial output can come back as bytes
+            status = f"timed out after {left:.0f} s"
+            output = "".join(
+                x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (e.stdout, e.stderr)
+            )
+        seconds = time.monotonic() - tic
+        longest = max(longest, seconds)
+        check.say(f"benchmark {name} output:\n{output}", quiet=True)
+        run = {"name": name, "checkout": "baseline" if root != ROOT else "this", "status": status,
+               "process_seconds": seconds}
+        if status == "ok":
+            with open(out) as f:
+                run["result"] = json.load(f)
+            r = run["result"]
+            check.say(f"benchmark {name}: cycle {r['cycle_seconds']:.2f} s, "
+                      f"compile {r['compile_seconds']:.0f} s, {r['achieved_gflops']:.0f} GFLOP/s "
+                      f"({seconds:.0f} s with start-up)")
+        else:
+            check.say(f"benchmark {name}: {status}; last output: {output.strip()[-500:]}")
+        runs.append(run)
+    if os.path.isdir(os.path.join(tmp, "trace")):  # one file: what comes back from a device is counted in files
+        with tarfile.open(os.path.join(a.out, "traces.tar.gz"), "w:gz") as tar:
+            tar.add(os.path.join(tmp, "trace"), arcname="trace")
+        check.say(f"benchmark: the profile of {plan[0][0]} is in traces.tar.gz")
     if not any(r["status"] == "ok" for r in runs):
         raise RuntimeError("no benchmark run finished")
 
@@ -324,14 +353,15 @@ def markdown(results: dict) -> str:
     for run in bench.get("runs", []):
         r = run.get("result")
         if r is None:
-            rows.append([run["name"], "", "", run["status"], "", "", "", ""])
+            rows.append([run["name"], "", "", "", run["status"], "", "", "", ""])
             continue
         conv2 = next(x for x in r["per_layer"] if x["layer"] == AGREEMENT_LAYER)
-        rows.append([r["mode"], r["batch_size"], r["precision"], f"{r['cycle_seconds']:.2f}",
+        checkout = results["commit"] if run.get("checkout", "this") == "this" else results.get("baseline")
+        rows.append([r["mode"], r["batch_size"], r["precision"], checkout, f"{r['cycle_seconds']:.2f}",
                      f"{1000 / conv2['weights_per_s']:.3f}", f"{r['weights_per_s']:.0f}", f"{r['achieved_gflops']:.0f}",
                      f"{r['compile_seconds']:.0f}"])
     out += ["### Seconds per cycle (`experiments/benchmark.py`)", "",
-            markdown_table(["evaluator", "batch", "precision", "cycle (s)", "conv 2 (ms/weight)", "weights/s",
+            markdown_table(["evaluator", "batch", "precision", "code", "cycle (s)", "conv 2 (ms/weight)", "weights/s",
                             "GFLOP/s", "compile (s)"], rows) if rows else _status(bench), ""]
 
     prot = parts.get("protocol", {})
@@ -391,12 +421,25 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="folder for gpu_check.json, gpu_check.md and gpu_check.log")
     p.add_argument("--budget_s", type=float, default=480.0, help="seconds for all four parts [default: 480]")
     p.add_argument("--tiny", action="store_true", help="CPU-sized parts (a smoke test)")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"the parts to run, in their order [default: {','.join(PARTS)}]")
+    p.add_argument("--baseline", default=None, metavar="DIR",
+                   help="another checkout (for example `git archive` of an earlier commit, with its commit in "
+                   "DIR/commit.txt): its benchmark runs right after each run of --baseline_modes, for a before "
+                   "and after on one card")
+    p.add_argument("--baseline_modes", default="incremental", help="the evaluators run from --baseline too")
+    p.add_argument("--trace", action="store_true",
+                   help="the first benchmark run also writes a jax.profiler trace per layer (OUT/traces.tar.gz)")
     p.add_argument("--commit", default=None, help="the code's commit, where the checkout has no git [default: git's]")
     for name, value in FULL.items():
         limit = " (0: no limit)" if name.startswith("max") else ""
         text = f"[default: {value}; with --tiny: {TINY[name]}]{limit}"
         p.add_argument(f"--{name}", type=type(value), default=None, help=text)
     args = p.parse_args(argv)
+    unknown = set(args.parts.split(",")) - set(PARTS)
+    if unknown:
+        p.error(f"--parts: unknown {sorted(unknown)}; the parts are {list(PARTS)}")
+    if args.baseline and not os.path.isfile(os.path.join(args.baseline, "experiments", "benchmark.py")):
+        p.error(f"--baseline: {args.baseline} holds no experiments/benchmark.py")
     for name in FULL:
         if getattr(args, name) is None:
             setattr(args, name, (TINY if args.tiny else FULL)[name])
@@ -420,7 +463,12 @@ def main(argv=None) -> dict:
         check.write()
         sys.exit(1)
     check.say(f"preflight: {found}")
-    check.run("benchmark", benchmark, check)  # first: the subprocesses need the GPU to themselves
+    parts = args.parts.split(",")
+    if "benchmark" in parts:
+        check.run("benchmark", benchmark, check)  # first: the subprocesses need the GPU to themselves
+    if not set(parts) & {"protocol", "agreement", "sgd"}:
+        check.say("done")
+        return check.results
 
     import jax
 
@@ -450,9 +498,11 @@ def main(argv=None) -> dict:
     setup = (config, model, data, rso_trainer(model, config.rso, EVALUATORS[config.evaluator](model), mesh=mesh))
     check.say(f"data: {data.x_train.shape[0]:,} training and {data.x_test.shape[0]:,} test images "
               f"({time.monotonic() - tic:.1f} s)")
-    state = check.run("protocol", protocol, check, setup)
-    check.run("agreement", agreement, check, setup, state)
-    check.run("sgd", sgd, check, setup)
+    state = check.run("protocol", protocol, check, setup) if "protocol" in parts else None
+    if "agreement" in parts:
+        check.run("agreement", agreement, check, setup, state)
+    if "sgd" in parts:
+        check.run("sgd", sgd, check, setup)
     check.say(f"done; {args.out}/gpu_check.md:\n" + markdown(check.results))
     return check.results
 
