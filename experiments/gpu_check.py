@@ -466,8 +466,12 @@ def main(argv=None) -> dict:
     parts = args.parts.split(",")
     if "benchmark" in parts:
         check.run("benchmark", benchmark, check)  # first: the subprocesses need the GPU to themselves
-    if not set(parts) & {"protocol", "agreement", "sgd"}:
-        check.say("done")
+    if not set(parts) & {"protocol", "agreement", "sgd"}:  # the device as the benchmarks saw it
+        ran = [r["result"] for r in check.results["parts"]["benchmark"].get("runs", []) if "result" in r]
+        if ran:
+            check.results |= {"device": ran[0]["device"], "jax_version": ran[0]["jax_version"]}
+        check.write()
+        check.say(f"done; {args.out}/gpu_check.md:\n" + markdown(check.results))
         return check.results
 
     import jax

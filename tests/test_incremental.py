@@ -106,6 +106,24 @@ def test_refresh_keeps_the_cache_exact():
     np.testing.assert_allclose(ctx.p_OxNxHxW, fresh, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("path", ["stages_1/Conv_0/kernel", "stages_2/Conv_0/kernel"])  # pooled, not pooled
+def test_shift_layouts_give_the_same_losses(path):
+    """`shifts_axis` (chosen per backend) changes where the 9 pooled shifts are stored, not the losses."""
+    model, params, data = small_net()
+    kernel = rsojax.get_leaf(params, path)
+    idx_B = jnp.arange(32)
+    losses = {}
+    for axis in (0, -1):
+        incremental = Incremental(model, 24, shifts_axis=axis)
+        ctx = incremental.prepare(params, path, data)
+        step = jax.jit(lambda ctx, j: incremental.losses(  # noqa: B023: called within the iteration
+            incremental.refresh(ctx, params, path, j), params, path, j,
+            kernel.ravel()[j] + jnp.array([0.0, 0.3, -0.3]), idx_B))
+        losses[axis] = np.stack([step(ctx, j) for j in (0, 4, 8, 9, 77, kernel.size - 1)])
+    assert np.ptp(losses[0], axis=1).min() > 0  # the candidates differ
+    np.testing.assert_allclose(losses[0], losses[-1], rtol=1e-13, atol=0)
+
+
 def test_other_models_fall_back_and_bad_model_raises(small_mlp):
     model, params, data = small_mlp
     rso_c, rso_i = (make_rso(e(model), model.search_order()[:2], 8) for e in (rsojax.Cached, Incremental))
