@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 import rsojax
-from rsojax import sharding
+from rsojax import sharding, xla_flags
 from rsojax.evaluators import EVALUATORS
 from rsojax.models import GLOBAL_POOLS, ConvBlock, PoolHead, ResidualBlock
 from rsojax.precision import PRECISIONS
@@ -213,12 +213,13 @@ def run(args) -> dict:
     load_before = os.getloadavg()
     data = (x, y)
     # Once per cycle (`run_rso` passes each context on as `previous`): the stage inputs, as the
-    # time of a fresh context less that of one reusing them; both warmed up first (the reuse has
-    # compiled steps of its own), each the faster of two.
+    # time of a fresh context less that of one reusing them, both warmed up first (the reuse has
+    # compiled steps of its own: unwarmed, it made the figure negative on a GPU). One context
+    # alive at a time: the stage inputs of 60,000 images take GBs.
     first_path = rso.layers[0]
-    ctx, _ = timed(rso.prepare, state, data, first_path)
+    timed(rso.prepare, state, data, first_path)
+    ctx, fresh_s = timed(rso.prepare, state, data, first_path)
     timed(rso.prepare, state, data, first_path, previous=ctx)
-    fresh_s = min(timed(rso.prepare, state, data, first_path)[1] for _ in range(2))
     reuse_s = min(timed(rso.prepare, state, data, first_path, previous=ctx)[1] for _ in range(2))
     inputs_s = max(fresh_s - reuse_s, 0.0)
     flops = flops_inputs(f, args.mode, args.train_size)
@@ -301,11 +302,13 @@ def run(args) -> dict:
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} cores",
         "jax_version": jax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "load_average": {"before": load_before, "after": os.getloadavg()},
     }
 
 
 def main():
+    xla_flags.use_recommended()  # before JAX starts its backend
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--weights_per_layer", type=int, default=64, metavar="K",

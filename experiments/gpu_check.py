@@ -176,16 +176,16 @@ def benchmark(deadline: float, result: dict, check: Check):
     result["runs"] = runs = []
     tmp = tempfile.mkdtemp(prefix="gpu_check_bench_")
     longest = 0.0
-    plan = []  # (name, checkout root, extra arguments); each baseline run right after its twin
+    plan = []  # (name, checkout, its root, extra arguments); each baseline run right after its twin
     for batch in map(int, a.bench_batch_sizes.split(",")):
         for mode in a.bench_modes.split(","):
             for precision in a.bench_precisions.split(","):
                 args = ["--mode", mode, "--batch_size", str(batch), "--precision", precision]
                 name = f"{mode}_{batch}_{precision}"
-                plan.append((name, ROOT, args))
+                plan.append((name, "this", ROOT, args))
                 if a.baseline and mode in a.baseline_modes.split(","):
-                    plan.append((f"baseline_{name}", os.path.abspath(a.baseline), args))
-    for i, (name, root, args) in enumerate(plan):
+                    plan.append((f"baseline_{name}", "baseline", os.path.abspath(a.baseline), args))
+    for i, (name, checkout, root, args) in enumerate(plan):
         left = deadline - time.monotonic()
         if left < longest:  # the runs take about as long as each other
             runs.append({"name": name, "status": f"skipped: {left:.0f} s left, a run took {longest:.0f} s"})
@@ -209,7 +209,7 @@ def benchmark(deadline: float, result: dict, check: Check):
         seconds = time.monotonic() - tic
         longest = max(longest, seconds)
         check.say(f"benchmark {name} output:\n{output}", quiet=True)
-        run = {"name": name, "checkout": "baseline" if root != ROOT else "this", "status": status,
+        run = {"name": name, "checkout": checkout, "status": status,
                "process_seconds": seconds}
         if status == "ok":
             with open(out) as f:
@@ -448,6 +448,9 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse(argv)
+    from rsojax.xla_flags import use_recommended
+
+    use_recommended()  # as the command lines run (benchmark.py sets them too), before JAX starts a backend
     # One persistent compilation cache for the benchmarks and this process: the protocol's
     # sweeps are the benchmark's incremental float32 ones at batch 5000, compiled once.
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="gpu_check_jax_cache_"))

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 
 from conftest import ROOT, write_npz
 
@@ -13,7 +14,8 @@ def test_tiny_run_writes_every_part(tmp_path):
     out = tmp_path / "out"
     env = os.environ | {"PYTHONPATH": ROOT}
     proc = subprocess.run(
-        [sys.executable, "experiments/gpu_check.py", "--tiny", "--data", data, "--out", str(out), "--budget_s", "600"],
+        [sys.executable, "experiments/gpu_check.py", "--tiny", "--data", data, "--out", str(out), "--budget_s", "600",
+         "--baseline", ROOT, "--baseline_modes", "cached", "--trace"],  # this checkout as its own baseline
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -25,8 +27,15 @@ def test_tiny_run_writes_every_part(tmp_path):
     assert statuses == dict.fromkeys(("benchmark", "protocol", "agreement", "sgd"), "ok")
     assert result["device"].startswith("cpu") and result["jax_version"] and result["commit"]
 
-    (bench,) = parts["benchmark"]["runs"]  # --tiny: one evaluator, batch and precision
+    bench, baseline = parts["benchmark"]["runs"]  # --tiny: one evaluator, batch and precision; then the baseline's
     assert bench["status"] == "ok" and bench["result"]["mode"] == "cached" and bench["result"]["cycle_seconds"] > 0
+    assert (bench["checkout"], baseline["checkout"], baseline["name"]) == ("this", "baseline", "baseline_cached_32_float32")
+    assert baseline["status"] == "ok" and baseline["result"]["mode"] == "cached"
+    assert result["baseline"].startswith("unknown (")  # ROOT has no commit.txt
+    with tarfile.open(out / "traces.tar.gz") as tar:  # the first run's profile, one folder per layer
+        names = tar.getnames()
+    layers = {n.split("/")[1] for n in names if n.endswith("sweep.hlo.txt")}
+    assert len(layers) == 19 and any(n.endswith(".xplane.pb") for n in names)
 
     protocol = parts["protocol"]
     assert protocol["cycles_done"] == 2 and protocol["stopped"] == "max_cycles" and protocol["train_images"] == 512
@@ -45,7 +54,7 @@ def test_tiny_run_writes_every_part(tmp_path):
     md = open(out / "gpu_check.md").read()
     for heading in ("Seconds per cycle", "The paper's protocol", "precision default against float32", "SGD baseline"):
         assert heading in md
-    assert "| cached | 32 | float32 |" in md and "16 (100.0%)" in md and "Not measured" not in md
+    assert md.count("| cached | 32 | float32 |") == 2 and "16 (100.0%)" in md and "Not measured" not in md
     assert "protocol: cycle 2" in open(out / "gpu_check.log").read()
 
 
@@ -59,3 +68,13 @@ def test_full_sizes_refuse_a_cpu(tmp_path):
     assert proc.returncode == 1 and "JAX sees no accelerator" in proc.stdout
     result = json.load(open(out / "gpu_check.json"))
     assert result["preflight"].startswith("cpu") and result["parts"] == {}
+
+
+def test_bad_options_name_the_argument(tmp_path):
+    for argv, named in ((["--parts", "benchmark,bogus"], "--parts"), (["--baseline", str(tmp_path)], "--baseline")):
+        proc = subprocess.run(
+            [sys.executable, "experiments/gpu_check.py", "--data", "x.npz", "--out", str(tmp_path / "out"), *argv],
+            cwd=ROOT, env=os.environ | {"PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 2 and f"error: {named}:" in proc.stderr, proc.stderr
+        assert not (tmp_path / "out").exists()  # refused before anything is written

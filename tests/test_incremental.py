@@ -111,17 +111,26 @@ def test_shift_layouts_give_the_same_losses(path):
     """`shifts_axis` (chosen per backend) changes where the 9 pooled shifts are stored, not the losses."""
     model, params, data = small_net()
     kernel = rsojax.get_leaf(params, path)
-    idx_B = jnp.arange(32)
-    losses = {}
-    for axis in (0, -1):
+    js = (0, 4, 8, 9, 77, kernel.size - 1)  # within a pair, across pairs (a fold), the last weight
+
+    def losses(axis):
         incremental = Incremental(model, 24, shifts_axis=axis)
-        ctx = incremental.prepare(params, path, data)
-        step = jax.jit(lambda ctx, j: incremental.losses(  # noqa: B023: called within the iteration
-            incremental.refresh(ctx, params, path, j), params, path, j,
-            kernel.ravel()[j] + jnp.array([0.0, 0.3, -0.3]), idx_B))
-        losses[axis] = np.stack([step(ctx, j) for j in (0, 4, 8, 9, 77, kernel.size - 1)])
-    assert np.ptp(losses[0], axis=1).min() > 0  # the candidates differ
-    np.testing.assert_allclose(losses[0], losses[-1], rtol=1e-13, atol=0)
+
+        @jax.jit
+        def step(ctx, j):
+            ctx = incremental.refresh(ctx, params, path, j)
+            values_3 = kernel.ravel()[j] + jnp.array([0.0, 0.3, -0.3])
+            return ctx, incremental.losses(ctx, params, path, j, values_3, jnp.arange(32))
+
+        ctx, out = incremental.prepare(params, path, data), []
+        for j in js:
+            ctx, losses_3 = step(ctx, j)
+            out.append(losses_3)
+        return np.stack(out)
+
+    first, last = losses(0), losses(-1)
+    assert np.ptp(first, axis=1).min() > 0  # the candidates differ
+    np.testing.assert_allclose(first, last, rtol=1e-13, atol=0)
 
 
 def test_other_models_fall_back_and_bad_model_raises(small_mlp):

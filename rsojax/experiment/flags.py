@@ -12,6 +12,7 @@ import textwrap
 import typing
 from collections.abc import Callable
 
+from rsojax import xla_flags
 from rsojax.experiment.config import FIRST_RUN, TASKS, ExperimentConfig, UsageError
 
 
@@ -128,8 +129,10 @@ def flagged(message: str) -> str:
 
 
 def cli(main: Callable[[], object], prog: str) -> int:
-    """Runs `main()` for a command line: a `UsageError` becomes one line on stderr and exit
-    code 2, Ctrl-C exit code 130 with the advice to resume."""
+    """Runs `main()` for a command line, with `rsojax.xla_flags.RECOMMENDED` set: a
+    `UsageError` becomes one line on stderr and exit code 2, Ctrl-C exit code 130 with the
+    advice to resume."""
+    xla_flags.use_recommended()
     try:
         main()
     except UsageError as e:
