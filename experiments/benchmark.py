@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import rsojax
 from rsojax import sharding, xla_flags
 from rsojax.evaluators import EVALUATORS
+from rsojax.evaluators.incremental import handles
 from rsojax.models import GLOBAL_POOLS, ConvBlock, PoolHead, ResidualBlock
 from rsojax.precision import PRECISIONS
 
@@ -87,17 +88,20 @@ def flops_cached(f, d, leaf, n_weights, batch, n_train, n_chunks, model) -> floa
 def flops_incremental(f, d, leaf, n_weights, batch, n_train, n_chunks, model) -> float:
     """prepare, once per chunk: conv d over the training set. For a kernel, folding each (input,
     output) channel pair into that cache once (conv d over the training set in all) and, per
-    weight, one pair's 9 taps on the batch. Per weight: if stage d+1 is a ConvBlock, its conv on
-    the batch once (the base) and one input channel of it 3 times, then stages d+2 on 3 times;
-    otherwise stages d+1 on 3 times. Other stages: as `flops_cached`."""
+    weight, one pair's 9 taps on the batch. Per weight: if stage d+1 is a conv stage, its conv
+    on the batch once (the base) and one input channel of it 3 times, then stages d+2 on 3
+    times; otherwise stages d+1 on 3 times. Leaves `Incremental` leaves to Cached (a residual
+    block's shortcut, the head): as `flops_cached`. (A shortcut's 1x1 conv, run once per weight
+    on the batch where the searched or the next block has one, is counted in full per
+    candidate: an overcount of at most its share of f.)"""
     stages = model.stages
-    if not isinstance(stages[d], ConvBlock):
+    if not handles(stages[d], leaf):
         return flops_cached(f, d, leaf, n_weights, batch, n_train, n_chunks, model)
     kernel = leaf == "Conv_0/kernel"
     total = n_train * f[d] * (n_chunks + kernel)
     c_in, c_out = stages[d - 1].features if d else model.input_shape[-1], stages[d].features
     per_image = f[d] / (c_in * c_out) if kernel else 0.0
-    if d + 1 < len(stages) and isinstance(stages[d + 1], ConvBlock):
+    if d + 1 < len(stages) and handles(stages[d + 1], "Conv_0/kernel"):
         per_image += f[d + 1] + 3 * f[d + 1] / c_out + 3 * sum(f[d + 2 :])
     else:
         per_image += 3 * sum(f[d + 1 :])
@@ -143,7 +147,7 @@ def bytes_incremental(costs, d, leaf, n_weights, batch, n_train, n_chunks, model
     training set, and per weight the batch's rows of P and of one input channel; then the next
     stage's conv once and its one-channel change 3 times (or stages d+1 on 3 times)."""
     stages, b, (_, inputs, outputs) = model.stages, stage_bytes(costs), costs
-    if not isinstance(stages[d], ConvBlock):
+    if not handles(stages[d], leaf):
         return bytes_cached(costs, d, leaf, n_weights, batch, n_train, n_chunks, model)
     c_in, c_out = stages[d - 1].features if d else model.input_shape[-1], stages[d].features
     total = n_train * b[d] * n_chunks
@@ -152,7 +156,7 @@ def bytes_incremental(costs, d, leaf, n_weights, batch, n_train, n_chunks, model
         pairs = n_weights / 9
         total += pairs * n_train * FLOAT * (inputs[d] / c_in + 2 * outputs[d] / c_out)
         per_image += FLOAT * inputs[d] / c_in
-    if d + 1 < len(stages) and isinstance(stages[d + 1], ConvBlock):
+    if d + 1 < len(stages) and handles(stages[d + 1], "Conv_0/kernel"):
         per_image += b[d + 1] + 3 * FLOAT * outputs[d + 1] + 3 * sum(b[d + 2 :])
     else:
         per_image += 3 * sum(b[d + 1 :])

@@ -421,7 +421,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="folder for gpu_check.json, gpu_check.md and gpu_check.log")
     p.add_argument("--budget_s", type=float, default=480.0, help="seconds for all four parts [default: 480]")
     p.add_argument("--tiny", action="store_true", help="CPU-sized parts (a smoke test)")
-    p.add_argument("--parts", default=",".join(PARTS), help=f"the parts to run, in their order [default: {','.join(PARTS)}]")
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help=f"the parts to run, in their order [default: {','.join(PARTS)}]")
     p.add_argument("--baseline", default=None, metavar="DIR",
                    help="another checkout (for example `git archive` of an earlier commit, with its commit in "
                    "DIR/commit.txt): its benchmark runs right after each run of --baseline_modes, for a before "

@@ -18,14 +18,20 @@ from rsojax.sampling import batch_at, block_permutation
 from rsojax.schedule import anneal
 
 # Compilation dominates (one sweep per layer and evaluator), so the searches cover a small layer
-# of every kind of stage: the head, a residual block (9), the shortcut block (5), a block that
-# passes its input on as a skip (2) and block 1 (a ConvBlock: Incremental's own path). Not the
-# shortcut's BN beta: the loss does not depend on it
-# (`test_forward_written_out_and_composes_from_any_stage`), so rounding alone decides.
+# of every kind of stage, and every path of Incremental: the head; a residual block (9) before
+# the head; a residual block's kernel (7) before a block that passes its input on; the
+# shortcut block (5: its BN, whose input adds the shortcut, and the shortcut's conv, which
+# Incremental leaves to Cached); a block (4) before the shortcut block; a block that passes its
+# input on as a skip (2) before a residual block; block 1 (a ConvBlock). Not the shortcut's BN
+# beta: the loss does not depend on it (`test_forward_written_out_and_composes_from_any_stage`),
+# so rounding alone decides.
 LAYERS = [
     "stages_9/Dense_0/kernel",
     "stages_8/BatchNorm_0/bias",
+    "stages_6/Conv_0/kernel",
+    "stages_4/BatchNorm_0/scale",
     "stages_4/shortcut_conv/kernel",
+    "stages_3/Conv_0/kernel",
     "stages_1/Conv_0/kernel",
     "stages_0/Conv_0/kernel",
 ]
@@ -128,15 +134,16 @@ def test_caching_pass_caches_the_pytree_stage_inputs():
 
 
 def test_registry_and_incremental_on_the_residual_network():
-    """Every evaluator applies; Incremental's own path runs block 1 (a ConvBlock, whose next
-    stage is not one); the residual blocks and the head it evaluates as Cached does."""
+    """Every evaluator applies; Incremental's own path runs the 3x3 convs and their BNs of every
+    block; the shortcut's parameters and the head it evaluates as Cached does."""
     model, params, data = small_resnet(n=8)
     assert applicable(model) == ["incremental", "cached", "generic"]
     assert isinstance(default_evaluator(model), rsojax.Incremental)
     assert isinstance(EVALUATORS["generic"](model), rsojax.Uncached)
     incremental = rsojax.Incremental(model)
-    assert isinstance(incremental.prepare(params, "stages_0/Conv_0/kernel", data), ConvContext)
-    for path in ("stages_1/Conv_0/kernel", "stages_4/shortcut_conv/kernel", "stages_9/Dense_0/kernel"):
+    for path in ("stages_0/Conv_0/kernel", "stages_1/Conv_0/kernel", "stages_4/BatchNorm_0/bias"):
+        assert isinstance(incremental.prepare(params, path, data), ConvContext), path
+    for path in ("stages_4/shortcut_conv/kernel", "stages_4/shortcut_bn/scale", "stages_9/Dense_0/kernel"):
         assert type(incremental.prepare(params, path, data)) is StageInputs, path
 
 

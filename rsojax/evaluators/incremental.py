@@ -1,8 +1,9 @@
 """Exact incremental candidate losses for RSO on conv nets (Tripathi & Singh, arXiv 2005.05955).
 
 `Incremental` computes the losses of `rsojax.Cached` (the same decisions, up to rounding) for
-the layers of the `ConvBlock` stages of a `Sequential` model with far less arithmetic. For a
-layer of stage d, with x the stage's input after its ReLU and P = pool(conv(x, K_d)):
+the 3x3 convs and their BNs in the `ConvBlock` and `ResidualBlock` stages of a `Sequential`
+model with far less arithmetic. For a layer of stage d, with x the stage's input after its ReLU
+and P = pool(conv(x, K_d)):
 
 - P over the whole training set is cached (channel-major). Weight (kh, kw, ci, co) of K_d
   enters channel co of P only, and linearly (conv and average pool are linear), so setting it
@@ -12,7 +13,7 @@ layer of stage d, with x the stage's input after its ReLU and P = pool(conv(x, K
 - BN_d uses the statistics of the batch, per channel: only channel co of Y = BN_d(P) changes,
   its mean and variance recomputed on the batch for each candidate. Searching BN_d's gamma
   or beta of channel co changes the same single channel.
-- If stage d+1 is a ConvBlock, its conv output per candidate is the one for the current
+- If stage d+1 is a conv stage, its conv output per candidate is the one for the current
   parameters (computed once for the three) plus a conv of the change in the single input
   channel co:
       conv(relu(Y(v)), K_{d+1}) = conv(relu(Y), K_{d+1}) + conv(relu(Y_co(v)) - relu(Y_co), K_{d+1}[:, :, co]).
@@ -29,7 +30,17 @@ pair's taps as P last saw them; the batch's P_co is corrected for the pair's cha
 pair's changes are folded into P over the whole training set (`refresh`). Every pair is
 folded once per layer sweep.
 
-Stages that are not ConvBlocks (the dense head, MLP stages) are evaluated as `Cached` does.
+Residual blocks (ReLU -> conv -> [+ skip] -> [pool] -> BN) take the same route. What a block
+adds before its BN, the skip tensor (through its shortcut's 1x1 conv and BN, with the batch's
+statistics, where it has one), is the same for every candidate: it is added to the batch's
+rows of P, and BN_d still changes channel co alone. If block d+1 adds a residual, its skip is
+block d's input, which no candidate changes; if it passes its input on as the skip of block
+d+2, that input is block d's output with the candidate's channel co, and the full run from
+d+2 gets it so.
+
+Evaluated as `Cached` does: the stages without a 3x3 conv (the dense head, MLP stages) and a
+residual block's shortcut (its conv and BN change the skip; 576 of the CIFAR-10 network's
+57,104 parameters).
 
 How it is written for speed (measured on a 2-core CPU, `experiments/benchmark.py`): XLA fuses a
 cheap producer into each of its consumers, so a value read by several loops is computed once
@@ -64,7 +75,7 @@ from rsojax.evaluators.stage_inputs import (
     stage_inputs,
 )
 from rsojax.losses import summed_cross_entropy
-from rsojax.models import BatchNorm, ConvBlock, Sequential, stage_of
+from rsojax.models import BatchNorm, ConvBlock, ResidualBlock, Sequential, stage_of
 
 
 def conv3x3(x_BxHxWxI: jax.Array, kernel_3x3xIxO: jax.Array) -> jax.Array:
@@ -85,7 +96,7 @@ def conv3x3_single(x_BxHxW: jax.Array, taps_3x3xO: jax.Array) -> jax.Array:
     return out
 
 
-def stage_pool(stage: ConvBlock, x_BxHxWx: jax.Array) -> jax.Array:
+def stage_pool(stage: ConvBlock | ResidualBlock, x_BxHxWx: jax.Array) -> jax.Array:
     """The stage's 2x2 average pool, if it has one, over axes 1 and 2.
 
     The same average as the model's `nn.avg_pool`, written as strided slices: XLA's CPU
@@ -98,7 +109,7 @@ def stage_pool(stage: ConvBlock, x_BxHxWx: jax.Array) -> jax.Array:
     return (x[:, 0::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) * 0.25
 
 
-def pooled_conv3x3_single(stage: ConvBlock, x_BxHxW: jax.Array, taps_3x3: jax.Array) -> jax.Array:
+def pooled_conv3x3_single(stage: ConvBlock | ResidualBlock, x_BxHxW: jax.Array, taps_3x3: jax.Array) -> jax.Array:
     """`stage_pool(conv3x3_single(x, taps))` for one output channel: (B, H, W) -> (B, H', W').
 
     With a pool, the two are one 4x4 correlation with stride 2 (each tap of the 3x3 kernel
@@ -116,7 +127,7 @@ def pooled_conv3x3_single(stage: ConvBlock, x_BxHxW: jax.Array, taps_3x3: jax.Ar
     return out
 
 
-def pooled_shifts(stage: ConvBlock, x_BxHxW: jax.Array, axis: int) -> jax.Array:
+def pooled_shifts(stage: ConvBlock | ResidualBlock, x_BxHxW: jax.Array, axis: int) -> jax.Array:
     """The 9 shifts of `x` that the taps (kh, kw) of a 3x3 convolution read (padding 1), each
     pooled as the stage pools, stacked along `axis` in tap order kh * 3 + kw."""
     h, w = x_BxHxW.shape[1:]
@@ -151,7 +162,7 @@ def batch_norm(bn_params: dict, x_BxHxWxC: jax.Array) -> jax.Array:
 
 @flax.struct.dataclass
 class ConvContext:
-    """What `Incremental` keeps while a layer of a ConvBlock stage d is searched."""
+    """What `Incremental` keeps while a layer of a conv stage d (ConvBlock, ResidualBlock) is searched."""
 
     inputs: StageInputs  # the stage inputs; inputs.h_S[d] is stage d's input
     kernel: jax.Array  # K_d as prepared
@@ -163,13 +174,13 @@ class ConvContext:
 
 @dataclasses.dataclass(frozen=True)
 class Incremental(OfSequential):
-    """A Sequential model with ConvBlock stages: exact candidate losses by incremental updates.
+    """A Sequential model with conv stages: exact candidate losses by incremental updates.
 
     Same interface and decisions as `rsojax.Cached`; see the module docstring for the math.
 
     Args:
-      model: a `rsojax.Sequential`; its ConvBlock stages are evaluated incrementally, other
-        stages as `Cached` does.
+      model: a `rsojax.Sequential`; the 3x3 convs and BNs of its ConvBlock and ResidualBlock
+        stages are evaluated incrementally, the rest as `Cached` does.
       cache_batch: examples per forward pass when computing whole-training-set caches (memory only).
       stats_images: the caching pass's BN statistics come from this many first training images.
       shifts_axis: where the 9 pooled shifts of the searched input channel are stacked (the
@@ -195,12 +206,13 @@ class Incremental(OfSequential):
         return -1 if jax.default_backend() == "cpu" else 0
 
     def _stage(self, path: str):
+        """(d, the stage if this evaluator's shortcuts apply to the leaf, else None, the leaf)."""
         d = stage_of(path)
-        stage = self.model.stages[d]
-        return d, (stage if isinstance(stage, ConvBlock) else None), path.split("/", 1)[1]
+        stage, leaf = self.model.stages[d], path.split("/", 1)[1]
+        return d, (stage if handles(stage, leaf) else None), leaf
 
-    def _input(self, stage: ConvBlock, h: jax.Array) -> jax.Array:
-        return nn.relu(h) if stage.relu_in else h
+    def _input(self, stage, h: jax.Array) -> jax.Array:
+        return nn.relu(h) if _relu_in(stage) else h
 
     def prepare(self, params, path, data, previous=None):
         d, stage, _ = self._stage(path)
@@ -216,7 +228,7 @@ class Incremental(OfSequential):
         ):  # BN gamma after BN beta: the conv is unchanged (the same arrays, so the same bits)
             p = previous.p_OxNxHxW
         else:
-            p = _conv_output(stage, inputs.h_S[d], kernel, self.cache_batch)
+            p = _conv_output(stage, _main(stage, inputs.h_S[d]), kernel, self.cache_batch)
         no_pair = jnp.full((2,), -1, jnp.int32)
         taps = jnp.zeros((3, 3), kernel.dtype)
         return ConvContext(inputs=inputs, kernel=kernel, p_OxNxHxW=p, pair=no_pair, taps=taps, stage=d)
@@ -238,7 +250,7 @@ class Incremental(OfSequential):
             dtaps = _taps(kernel, old_ci, old_co) - ctx.taps
 
             def add(p, start, size):
-                h = ctx.inputs.h_S[d]
+                h = _main(stage, ctx.inputs.h_S[d])
                 x = lax.dynamic_slice(h, _index(old_ci, start, 0, 0), (1, size, *h.shape[2:]))[0]
                 dp = pooled_conv3x3_single(stage, self._input(stage, x), dtaps)
                 at = _index(old_co, start, 0, 0)
@@ -257,40 +269,56 @@ class Incremental(OfSequential):
             return self._cached.losses(ctx, params, path, j, values_3, idx_B)
         sp = params[f"stages_{d}"]
         bn = sp["BatchNorm_0"]
-        p_B = batch_major(ctx.p_OxNxHxW, idx_B)  # (B, H', W', O)
+        h_d = ctx.inputs.h_S[d]
+        co = co_of(leaf, j, sp)  # the output channel the weight enters
+        # What BN_d normalises: P plus, in a residual block, its (pooled) skip tensor, which no
+        # candidate changes.
+        pre_B = batch_major(ctx.p_OxNxHxW, idx_B)  # (B, H', W', O)
+        added_B = _added(stage, sp, batch_major(h_d[1], idx_B) if _is_residual(stage) else None)
+        added_co = 0.0
+        if added_B is not None:
+            pre_B, added_co = pre_B + added_B, pick(added_B, co, 3)
 
-        def bn_channel(co, p_channel, **replace):
+        def bn_channel(co, pre_channel, **replace):
             bn_co = {name: pick(value, co, 0)[None] for name, value in bn.items()} | {k: v[None] for k, v in replace.items()}
-            return batch_norm(bn_co, p_channel[..., None])[..., 0]
+            return batch_norm(bn_co, pre_channel[..., None])[..., 0]
 
         if leaf == "Conv_0/kernel":
             kernel = sp["Conv_0"]["kernel"]
-            kh, kw, ci, co = jnp.unravel_index(j, kernel.shape)
-            x_B = self._input(stage, channel_rows(ctx.inputs.h_S[d], ci, idx_B))  # (B, H, W)
+            kh, kw, ci, _ = jnp.unravel_index(j, kernel.shape)
+            x_B = self._input(stage, channel_rows(_main(stage, h_d), ci, idx_B))  # (B, H, W)
             # Channel co of P for the current kernel: P's value plus the pair's pending change.
             dtaps = _taps(kernel, ci, co) - ctx.taps
             axis = self._shifts_axis
             s9 = pooled_shifts(stage, x_B, axis)
-            p_co = channel_rows(ctx.p_OxNxHxW, co, idx_B) + jnp.tensordot(s9, dtaps.reshape(9), ([axis], [0]))
+            pre_co = channel_rows(ctx.p_OxNxHxW, co, idx_B) + jnp.tensordot(s9, dtaps.reshape(9), ([axis], [0]))
+            pre_co = pre_co + added_co
             s_B = pick(s9, kh * 3 + kw, axis)
             dv_3 = values_3 - kernel[kh, kw, ci, co]
-            yc_3 = jax.vmap(lambda dv: bn_channel(co, p_co + dv * s_B))(dv_3)
-            p_B = set_channel(p_B, co, p_co)
+            yc_3 = jax.vmap(lambda dv: bn_channel(co, pre_co + dv * s_B))(dv_3)
+            pre_B = set_channel(pre_B, co, pre_co)
         else:  # BN beta or gamma of channel co = j
-            co, name = j, leaf.split("/")[-1]
-            p_co = channel_rows(ctx.p_OxNxHxW, co, idx_B)
-            yc_3 = jax.vmap(lambda v: bn_channel(co, p_co, **{name: v}))(values_3)
-        y_B = batch_norm(bn, p_B)
-        return self._suffix_losses(params, d, y_B, co, yc_3, ctx.inputs.y_N[idx_B])
+            name = leaf.split("/")[-1]
+            pre_co = channel_rows(ctx.p_OxNxHxW, co, idx_B) + added_co
+            yc_3 = jax.vmap(lambda v: bn_channel(co, pre_co, **{name: v}))(values_3)
+        y_B = batch_norm(bn, pre_B)
+        # Stage d's output: Y, with its input passed on where the next block adds it as a skip.
+        out_B = (y_B, batch_major(_main(stage, h_d), idx_B)) if getattr(stage, "keep", False) else y_B
+        return self._suffix_losses(params, d, out_B, co, yc_3, ctx.inputs.y_N[idx_B])
 
-    def _suffix_losses(self, params, d, y_B, co, yc_3, labels_B):
-        """Losses when channel co of stage d's output Y is set to each of `yc_3`."""
+    def _suffix_losses(self, params, d, out_B, co, yc_3, labels_B):
+        """Losses when channel co of Y, in stage d's output `out_B` (Y, or (Y, skip)), is set
+        to each of `yc_3`."""
         nxt = d + 1
         stages = self.model.stages
-        if nxt < len(stages) and isinstance(stages[nxt], ConvBlock):
-            stage_n, sp_n = stages[nxt], params[f"stages_{nxt}"]
+        y_B = out_B[0] if isinstance(out_B, tuple) else out_B
+        stage_n = stages[nxt] if nxt < len(stages) else None
+        if handles(stage_n, "Conv_0/kernel"):  # its input is stage d's output, its main tensor Y
+            sp_n = params[f"stages_{nxt}"]
             k_n = sp_n["Conv_0"]["kernel"]
             base = stage_pool(stage_n, conv3x3(self._input(stage_n, y_B), k_n))
+            added = _added(stage_n, sp_n, out_B[1] if _is_residual(stage_n) else None)
+            base = base if added is None else base + added
             base_co = self._input(stage_n, y_B[..., co])
             k_co = pick(k_n, co, 2)  # (3, 3, O): the taps that read input channel co
 
@@ -299,16 +327,58 @@ class Incremental(OfSequential):
                 # Stored once: each of BN's passes (mean, variance, normalisation) would otherwise
                 # recompute the 9-tap convolution of every output channel.
                 z = batch_norm(sp_n["BatchNorm_0"], lax.optimization_barrier(base + stage_pool(stage_n, delta)))
+                z = (z, set_channel(y_B, co, yc)) if getattr(stage_n, "keep", False) else z
                 out = self.model.apply({"params": params}, z, train=True, start=nxt + 1)
                 return summed_cross_entropy(out, labels_B)
 
         else:
 
             def loss(yc):
-                out = self.model.apply({"params": params}, set_channel(y_B, co, yc), train=True, start=nxt)
+                y_c = set_channel(y_B, co, yc)
+                out_c = (y_c, *out_B[1:]) if isinstance(out_B, tuple) else y_c
+                out = self.model.apply({"params": params}, out_c, train=True, start=nxt)
                 return summed_cross_entropy(out, labels_B)
 
         return jax.vmap(loss)(yc_3)
+
+
+def handles(stage, leaf: str) -> bool:
+    """Whether `Incremental`'s shortcuts apply to `leaf` of `stage`: the 3x3 conv's kernel and
+    its BN's parameters in a ConvBlock or a ResidualBlock (a shortcut's go as in `Cached`)."""
+    return isinstance(stage, ConvBlock | ResidualBlock) and leaf in ConvBlock.searched
+
+
+def co_of(leaf: str, j, sp: dict):
+    """The output channel that weight `j` of `leaf` (a handled leaf) enters."""
+    if leaf == "Conv_0/kernel":
+        return jnp.unravel_index(j, sp["Conv_0"]["kernel"].shape)[3]
+    return j
+
+
+def _is_residual(stage) -> bool:
+    return isinstance(stage, ResidualBlock) and stage.residual
+
+
+def _relu_in(stage) -> bool:
+    return stage.relu_in if isinstance(stage, ConvBlock) else True
+
+
+def _main(stage, h):
+    """A stage input's main tensor: h of a residual block's (h, skip)."""
+    return h[0] if _is_residual(stage) else h
+
+
+def _added(stage, sp: dict, skip_B):
+    """What a residual block adds to its conv output, pooled as the block pools: the skip
+    tensor, through the shortcut's 1x1 conv and BN (statistics of the batch) where it has one;
+    None for a stage that adds nothing."""
+    if skip_B is None:
+        return None
+    if stage.shortcut:
+        kernel = sp["shortcut_conv"]["kernel"]
+        conv = nn.Conv(kernel.shape[-1], (1, 1), use_bias=False)
+        skip_B = batch_norm(sp["shortcut_bn"], conv.apply({"params": {"kernel": kernel}}, skip_B))
+    return stage_pool(stage, skip_B)
 
 
 def in_passes(add, carry, n: int, size: int):
@@ -336,9 +406,11 @@ def channel_rows(h_CxNx: jax.Array, c, idx_B: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("stage", "cache_batch"))
-def _conv_output(stage: ConvBlock, h_IxNxHxW: jax.Array, kernel: jax.Array, cache_batch: int) -> jax.Array:
+def _conv_output(
+    stage: ConvBlock | ResidualBlock, h_IxNxHxW: jax.Array, kernel: jax.Array, cache_batch: int
+) -> jax.Array:
     """pool(conv(x, kernel)) over the training set, channel-major (O, N, H', W')."""
-    relu = nn.relu if stage.relu_in else (lambda a: a)
+    relu = nn.relu if _relu_in(stage) else (lambda a: a)
 
     def conv(h_pass):  # (pass, I, H, W)
         x = relu(jnp.moveaxis(h_pass, 1, -1))
