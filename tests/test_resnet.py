@@ -190,7 +190,7 @@ def test_float32_evaluators_agree():
         return params, ctxs, choices
 
     params, choices, ctxs = state.params, [], [None] * len(evaluators)
-    for path in (LAYERS[0], LAYERS[-2], LAYERS[-1]):  # the head, block 2, block 1
+    for path in (LAYERS[0], LAYERS[2], LAYERS[-2], LAYERS[-1]):  # the head, blocks 7, 2 and 1
         layer = rso.layers.index(path)
         sigma = state.sigmas[path] * anneal(state.cycle, cfg.cycles, cfg.anneal_floor).astype(jnp.float32)
         layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), layer)
@@ -200,6 +200,6 @@ def test_float32_evaluators_agree():
             params, ctxs, c = decide(params, ctxs, perm_N, layer_key, sigma, i, path)
             choices.append(np.asarray(c))
     choices = np.array(choices)
-    assert len(choices) == 40 + 36 + 54 and len(set(choices[:, -1])) == 3
+    assert len(choices) == 40 + 144 + 36 + 54 and len(set(choices[:, -1])) == 3
     agree = (choices == choices[:, -1:]).all(axis=1)
     assert agree.sum() >= 0.999 * len(agree), (agree.sum(), len(agree))
