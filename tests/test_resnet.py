@@ -20,8 +20,8 @@ from rsojax.schedule import anneal
 # Compilation dominates (one sweep per layer and evaluator), so the searches cover a small layer
 # of every kind of stage, and every path of Incremental: the head; a residual block (9) before
 # the head; a residual block's kernel (7) before a block that passes its input on; the
-# shortcut block (5: its BN, whose input adds the shortcut, and the shortcut's conv, which
-# Incremental leaves to Cached); a block (4) before the shortcut block; a block that passes its
+# shortcut block (5: its BN, whose input adds the shortcut, the shortcut's conv and its BN's
+# gamma); a block (4) before the shortcut block; a block that passes its
 # input on as a skip (2) before a residual block; block 1 (a ConvBlock). Not the shortcut's BN
 # beta: the loss does not depend on it (`test_forward_written_out_and_composes_from_any_stage`),
 # so rounding alone decides.
@@ -31,6 +31,7 @@ LAYERS = [
     "stages_6/Conv_0/kernel",
     "stages_4/BatchNorm_0/scale",
     "stages_4/shortcut_conv/kernel",
+    "stages_4/shortcut_bn/scale",
     "stages_3/Conv_0/kernel",
     "stages_1/Conv_0/kernel",
     "stages_0/Conv_0/kernel",
@@ -134,17 +135,34 @@ def test_caching_pass_caches_the_pytree_stage_inputs():
 
 
 def test_registry_and_incremental_on_the_residual_network():
-    """Every evaluator applies; Incremental's own path runs the 3x3 convs and their BNs of every
-    block; the shortcut's parameters and the head it evaluates as Cached does."""
+    """Every evaluator applies; Incremental's own path runs every block's parameters; the head it
+    evaluates as Cached does."""
     model, params, data = small_resnet(n=8)
     assert applicable(model) == ["incremental", "cached", "generic"]
     assert isinstance(default_evaluator(model), rsojax.Incremental)
     assert isinstance(EVALUATORS["generic"](model), rsojax.Uncached)
     incremental = rsojax.Incremental(model)
-    for path in ("stages_0/Conv_0/kernel", "stages_1/Conv_0/kernel", "stages_4/BatchNorm_0/bias"):
+    for path in ("stages_0/Conv_0/kernel", "stages_1/Conv_0/kernel", "stages_4/BatchNorm_0/bias",
+                 "stages_4/shortcut_conv/kernel", "stages_4/shortcut_bn/scale"):
         assert isinstance(incremental.prepare(params, path, data), ConvContext), path
-    for path in ("stages_4/shortcut_conv/kernel", "stages_4/shortcut_bn/scale", "stages_9/Dense_0/kernel"):
-        assert type(incremental.prepare(params, path, data)) is StageInputs, path
+    assert type(incremental.prepare(params, "stages_9/Dense_0/kernel", data)) is StageInputs
+
+
+def test_incremental_losses_are_cached_losses_on_every_path():
+    """The three candidate losses themselves, not only the decisions they lead to (a wrong term
+    can leave every decision of a small search unchanged), for weights of every path."""
+    model, params, data = small_resnet(n=16)
+    cached, incremental = rsojax.Cached(model), rsojax.Incremental(model)
+    idx_B = jnp.arange(8, 16)
+    for path in LAYERS[1:]:
+        leaf = rsojax.get_leaf(params, path)
+        ctx_c, ctx_i = cached.prepare(params, path, data), incremental.prepare(params, path, data)
+        for j in sorted({0, leaf.size // 2 + 1, leaf.size - 1}):
+            values_3 = leaf.ravel()[j] + jnp.array([0.0, 0.4, -0.4])
+            expected = cached.losses(ctx_c, params, path, j, values_3, idx_B)
+            got = incremental.losses(incremental.refresh(ctx_i, params, path, j), params, path, j, values_3, idx_B)
+            assert np.ptp(np.asarray(expected)) > 1e-6, (path, j)  # the candidates differ
+            np.testing.assert_allclose(got, expected, rtol=1e-10, atol=0, err_msg=f"{path} weight {j}")
 
 
 @pytest.mark.parametrize("kind", list(EVALUATORS))

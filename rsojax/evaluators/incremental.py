@@ -38,9 +38,10 @@ block d's input, which no candidate changes; if it passes its input on as the sk
 d+2, that input is block d's output with the candidate's channel co, and the full run from
 d+2 gets it so.
 
-Evaluated as `Cached` does: the stages without a 3x3 conv (the dense head, MLP stages) and a
-residual block's shortcut (its conv and BN change the skip; 576 of the CIFAR-10 network's
-57,104 parameters).
+A weight of a block's shortcut (its 1x1 conv, linear, and its BN, per channel) changes channel
+co of what the block adds, and so again channel co of Y alone: the candidates get that channel
+from the batch's skip tensor, and P stays as it is. Stages without a 3x3 conv (the dense head,
+MLP stages) are evaluated as `Cached` does.
 
 How it is written for speed (measured on a 2-core CPU, `experiments/benchmark.py`): XLA fuses a
 cheap producer into each of its consumers, so a value read by several loops is computed once
@@ -268,21 +269,23 @@ class Incremental(OfSequential):
         if stage is None:
             return self._cached.losses(ctx, params, path, j, values_3, idx_B)
         sp = params[f"stages_{d}"]
-        bn = sp["BatchNorm_0"]
         h_d = ctx.inputs.h_S[d]
         co = co_of(leaf, j, sp)  # the output channel the weight enters
         # What BN_d normalises: P plus, in a residual block, its (pooled) skip tensor, which no
-        # candidate changes.
+        # candidate of the 3x3 conv or of BN_d changes.
         pre_B = batch_major(ctx.p_OxNxHxW, idx_B)  # (B, H', W', O)
-        added_B = _added(stage, sp, batch_major(h_d[1], idx_B) if _is_residual(stage) else None)
         added_co = 0.0
-        if added_B is not None:
+        if _is_residual(stage):
+            skip_B = batch_major(h_d[1], idx_B)
+            added_B = _added(stage, sp, skip_B)
             pre_B, added_co = pre_B + added_B, pick(added_B, co, 3)
 
-        def bn_channel(co, pre_channel, **replace):
-            bn_co = {name: pick(value, co, 0)[None] for name, value in bn.items()} | {k: v[None] for k, v in replace.items()}
-            return batch_norm(bn_co, pre_channel[..., None])[..., 0]
+        def bn_channel(bn_params, x_channel, **replace):
+            """Channel co of a BN (batch statistics), with parameters replaced by `replace`."""
+            bn_co = {name: pick(value, co, 0)[None] for name, value in bn_params.items()}
+            return batch_norm(bn_co | {k: v[None] for k, v in replace.items()}, x_channel[..., None])[..., 0]
 
+        bn = sp["BatchNorm_0"]
         if leaf == "Conv_0/kernel":
             kernel = sp["Conv_0"]["kernel"]
             kh, kw, ci, _ = jnp.unravel_index(j, kernel.shape)
@@ -295,12 +298,25 @@ class Incremental(OfSequential):
             pre_co = pre_co + added_co
             s_B = pick(s9, kh * 3 + kw, axis)
             dv_3 = values_3 - kernel[kh, kw, ci, co]
-            yc_3 = jax.vmap(lambda dv: bn_channel(co, pre_co + dv * s_B))(dv_3)
+            yc_3 = jax.vmap(lambda dv: bn_channel(bn, pre_co + dv * s_B))(dv_3)
             pre_B = set_channel(pre_B, co, pre_co)
+        elif leaf.startswith("shortcut"):  # channel co of what the block adds changes
+            shortcut_bn = sp["shortcut_bn"]
+            conv_co = pick(_shortcut_conv(sp, skip_B), co, 3)  # (B, H, W)
+            if leaf == "shortcut_conv/kernel":
+                ci = jnp.unravel_index(j, sp["shortcut_conv"]["kernel"].shape)[2]
+                s_B = pick(skip_B, ci, 3)
+                dv_3 = values_3 - sp["shortcut_conv"]["kernel"].ravel()[j]
+                added_3 = jax.vmap(lambda dv: bn_channel(shortcut_bn, conv_co + dv * s_B))(dv_3)
+            else:
+                name = leaf.split("/")[-1]
+                added_3 = jax.vmap(lambda v: bn_channel(shortcut_bn, conv_co, **{name: v}))(values_3)
+            p_co = channel_rows(ctx.p_OxNxHxW, co, idx_B)
+            yc_3 = jax.vmap(lambda added: bn_channel(bn, p_co + stage_pool(stage, added)))(added_3)
         else:  # BN beta or gamma of channel co = j
             name = leaf.split("/")[-1]
             pre_co = channel_rows(ctx.p_OxNxHxW, co, idx_B) + added_co
-            yc_3 = jax.vmap(lambda v: bn_channel(co, pre_co, **{name: v}))(values_3)
+            yc_3 = jax.vmap(lambda v: bn_channel(bn, pre_co, **{name: v}))(values_3)
         y_B = batch_norm(bn, pre_B)
         # Stage d's output: Y, with its input passed on where the next block adds it as a skip.
         out_B = (y_B, batch_major(_main(stage, h_d), idx_B)) if getattr(stage, "keep", False) else y_B
@@ -343,16 +359,15 @@ class Incremental(OfSequential):
 
 
 def handles(stage, leaf: str) -> bool:
-    """Whether `Incremental`'s shortcuts apply to `leaf` of `stage`: the 3x3 conv's kernel and
-    its BN's parameters in a ConvBlock or a ResidualBlock (a shortcut's go as in `Cached`)."""
-    return isinstance(stage, ConvBlock | ResidualBlock) and leaf in ConvBlock.searched
+    """Whether `Incremental`'s shortcuts apply to `leaf` of `stage`: every searched parameter of
+    a ConvBlock or a ResidualBlock (the conv's kernel, BN's, the shortcut's)."""
+    return isinstance(stage, ConvBlock | ResidualBlock) and leaf in stage.searched
 
 
 def co_of(leaf: str, j, sp: dict):
     """The output channel that weight `j` of `leaf` (a handled leaf) enters."""
-    if leaf == "Conv_0/kernel":
-        return jnp.unravel_index(j, sp["Conv_0"]["kernel"].shape)[3]
-    return j
+    module, name = leaf.split("/")
+    return jnp.unravel_index(j, sp[module]["kernel"].shape)[3] if name == "kernel" else j
 
 
 def _is_residual(stage) -> bool:
@@ -375,10 +390,14 @@ def _added(stage, sp: dict, skip_B):
     if skip_B is None:
         return None
     if stage.shortcut:
-        kernel = sp["shortcut_conv"]["kernel"]
-        conv = nn.Conv(kernel.shape[-1], (1, 1), use_bias=False)
-        skip_B = batch_norm(sp["shortcut_bn"], conv.apply({"params": {"kernel": kernel}}, skip_B))
+        skip_B = batch_norm(sp["shortcut_bn"], _shortcut_conv(sp, skip_B))
     return stage_pool(stage, skip_B)
+
+
+def _shortcut_conv(sp: dict, skip_B: jax.Array) -> jax.Array:
+    """A residual block's 1x1 shortcut conv of the skip tensor."""
+    kernel = sp["shortcut_conv"]["kernel"]
+    return nn.Conv(kernel.shape[-1], (1, 1), use_bias=False).apply({"params": {"kernel": kernel}}, skip_B)
 
 
 def in_passes(add, carry, n: int, size: int):
