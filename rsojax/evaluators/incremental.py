@@ -226,7 +226,7 @@ class Incremental(OfSequential):
             and previous.stage == d
             and previous.inputs.h_S[d] is inputs.h_S[d]
             and bool(jnp.array_equal(previous.kernel, kernel))
-        ):  # BN gamma after BN beta: the conv is unchanged (the same arrays, so the same bits)
+        ):  # BN's gamma after its beta, a shortcut after BN: the conv is unchanged (the same bits)
             p = previous.p_OxNxHxW
         else:
             p = _conv_output(stage, _main(stage, inputs.h_S[d]), kernel, self.cache_batch)
