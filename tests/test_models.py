@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -5,7 +6,7 @@ import pytest
 from conftest import init_params, random_data
 
 import rsojax
-from rsojax.models import stage_of
+from rsojax.models import avg_pool_2x2, stage_of
 
 
 def test_paper_network_sizes():
@@ -84,3 +85,10 @@ def test_head_ends_in_the_global_pool_of_the_reference_code(small_convnet, globa
         rsojax.mnist_convnet(global_pool="mean")
     with pytest.raises(ValueError, match="global_pool"):
         rsojax.cifar10_resnet(global_pool="sum")
+
+
+def test_avg_pool_2x2_is_flax_avg_pool():
+    """The blocks' pool, written as strided slices for XLA:CPU, is `nn.avg_pool` (odd sizes too)."""
+    for shape in ((3, 8, 6, 5), (2, 7, 9, 1)):
+        x = jax.random.normal(jax.random.key(0), shape, jnp.float64)
+        np.testing.assert_allclose(avg_pool_2x2(x), nn.avg_pool(x, (2, 2), strides=(2, 2)), rtol=1e-15, atol=1e-15)

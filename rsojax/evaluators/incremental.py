@@ -76,7 +76,7 @@ from rsojax.evaluators.stage_inputs import (
     stage_inputs,
 )
 from rsojax.losses import summed_cross_entropy
-from rsojax.models import BatchNorm, ConvBlock, ResidualBlock, Sequential, stage_of
+from rsojax.models import BatchNorm, ConvBlock, ResidualBlock, Sequential, avg_pool_2x2, stage_of
 
 
 def conv3x3(x_BxHxWxI: jax.Array, kernel_3x3xIxO: jax.Array) -> jax.Array:
@@ -98,16 +98,8 @@ def conv3x3_single(x_BxHxW: jax.Array, taps_3x3xO: jax.Array) -> jax.Array:
 
 
 def stage_pool(stage: ConvBlock | ResidualBlock, x_BxHxWx: jax.Array) -> jax.Array:
-    """The stage's 2x2 average pool, if it has one, over axes 1 and 2.
-
-    The same average as the model's `nn.avg_pool`, written as strided slices: XLA's CPU
-    backend (jax 0.10) fuses a reduce-window with the elementwise convolutions here into a
-    kernel about 30x slower than either alone.
-    """
-    if not stage.pool:
-        return x_BxHxWx
-    x = x_BxHxWx
-    return (x[:, 0::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) * 0.25
+    """The stage's 2x2 average pool (the model's own), if it has one, over axes 1 and 2."""
+    return avg_pool_2x2(x_BxHxWx) if stage.pool else x_BxHxWx
 
 
 def pooled_conv3x3_single(stage: ConvBlock | ResidualBlock, x_BxHxW: jax.Array, taps_3x3: jax.Array) -> jax.Array:
