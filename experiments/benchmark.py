@@ -73,6 +73,11 @@ def stage_costs(model) -> tuple[list[float], list[float], list[float]]:
     return flops, inputs, outputs
 
 
+def channels(model, d: int) -> tuple[int, int]:
+    """The input and output channels of conv stage d's 3x3 conv."""
+    return model.stages[d - 1].features if d else model.input_shape[-1], model.stages[d].features
+
+
 def flops_generic(f, d, leaf, n_weights, batch, n_train, n_chunks, model) -> float:
     """Per weight: the stages before d once (they do not depend on the weight), d on 3 times."""
     del leaf, n_train, n_chunks, model
@@ -90,16 +95,16 @@ def flops_incremental(f, d, leaf, n_weights, batch, n_train, n_chunks, model) ->
     output) channel pair into that cache once (conv d over the training set in all) and, per
     weight, one pair's 9 taps on the batch. Per weight: if stage d+1 is a conv stage, its conv
     on the batch once (the base) and one input channel of it 3 times, then stages d+2 on 3
-    times; otherwise stages d+1 on 3 times. Leaves `Incremental` leaves to Cached (a residual
-    block's shortcut, the head): as `flops_cached`. (A shortcut's 1x1 conv, run once per weight
-    on the batch where the searched or the next block has one, is counted in full per
-    candidate: an overcount of at most its share of f.)"""
+    times; otherwise stages d+1 on 3 times. Leaves `Incremental` leaves to Cached (the head):
+    as `flops_cached`. (A shortcut's 1x1 conv, run once per weight on the batch where the
+    searched or the next block has one, is counted in full per candidate: an overcount of at
+    most its share of f.)"""
     stages = model.stages
     if not handles(stages[d], leaf):
         return flops_cached(f, d, leaf, n_weights, batch, n_train, n_chunks, model)
     kernel = leaf == "Conv_0/kernel"
     total = n_train * f[d] * (n_chunks + kernel)
-    c_in, c_out = stages[d - 1].features if d else model.input_shape[-1], stages[d].features
+    c_in, c_out = channels(model, d)
     per_image = f[d] / (c_in * c_out) if kernel else 0.0
     if d + 1 < len(stages) and handles(stages[d + 1], "Conv_0/kernel"):
         per_image += f[d + 1] + 3 * f[d + 1] / c_out + 3 * sum(f[d + 2 :])
@@ -149,7 +154,7 @@ def bytes_incremental(costs, d, leaf, n_weights, batch, n_train, n_chunks, model
     stages, b, (_, inputs, outputs) = model.stages, stage_bytes(costs), costs
     if not handles(stages[d], leaf):
         return bytes_cached(costs, d, leaf, n_weights, batch, n_train, n_chunks, model)
-    c_in, c_out = stages[d - 1].features if d else model.input_shape[-1], stages[d].features
+    c_in, c_out = channels(model, d)
     total = n_train * b[d] * n_chunks
     per_image = FLOAT * outputs[d]  # the batch's rows of P
     if leaf == "Conv_0/kernel":

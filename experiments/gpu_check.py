@@ -78,7 +78,7 @@ class Check:
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "budget_s": args.budget_s,
             "sizes": {k: getattr(args, k) for k in FULL},
-            "parts_run": args.parts.split(","),
+            "parts_run": args.parts,
             "baseline": baseline_commit(args.baseline),
             "parts": {},
         }
@@ -93,7 +93,7 @@ class Check:
 
     def deadline(self, part: str) -> float:
         """When `part` must stop: its share of the time left, against the parts still to run."""
-        names = [p for p in PARTS if p in self.args.parts.split(",")]
+        names = [p for p in PARTS if p in self.args.parts]
         left = sum(PARTS[p] for p in names[names.index(part):])
         return time.monotonic() + max(self.end - time.monotonic(), 0.0) * PARTS[part] / left
 
@@ -436,7 +436,8 @@ def parse(argv=None) -> argparse.Namespace:
         text = f"[default: {value}; with --tiny: {TINY[name]}]{limit}"
         p.add_argument(f"--{name}", type=type(value), default=None, help=text)
     args = p.parse_args(argv)
-    unknown = set(args.parts.split(",")) - set(PARTS)
+    args.parts = args.parts.split(",")
+    unknown = set(args.parts) - set(PARTS)
     if unknown:
         p.error(f"--parts: unknown {sorted(unknown)}; the parts are {list(PARTS)}")
     if args.baseline and not os.path.isfile(os.path.join(args.baseline, "experiments", "benchmark.py")):
@@ -467,7 +468,7 @@ def main(argv=None) -> dict:
         check.write()
         sys.exit(1)
     check.say(f"preflight: {found}")
-    parts = args.parts.split(",")
+    parts = args.parts
     if "benchmark" in parts:
         check.run("benchmark", benchmark, check)  # first: the subprocesses need the GPU to themselves
     if not set(parts) & {"protocol", "agreement", "sgd"}:  # the device as the benchmarks saw it

@@ -1,8 +1,8 @@
 """Exact incremental candidate losses for RSO on conv nets (Tripathi & Singh, arXiv 2005.05955).
 
 `Incremental` computes the losses of `rsojax.Cached` (the same decisions, up to rounding) for
-the 3x3 convs and their BNs in the `ConvBlock` and `ResidualBlock` stages of a `Sequential`
-model with far less arithmetic. For a layer of stage d, with x the stage's input after its ReLU
+the parameters of the `ConvBlock` and `ResidualBlock` stages of a `Sequential` model with far
+less arithmetic. For a layer of stage d, with x the stage's input after its ReLU
 and P = pool(conv(x, K_d)):
 
 - P over the whole training set is cached (channel-major). Weight (kh, kw, ci, co) of K_d
@@ -172,8 +172,8 @@ class Incremental(OfSequential):
     Same interface and decisions as `rsojax.Cached`; see the module docstring for the math.
 
     Args:
-      model: a `rsojax.Sequential`; the 3x3 convs and BNs of its ConvBlock and ResidualBlock
-        stages are evaluated incrementally, the rest as `Cached` does.
+      model: a `rsojax.Sequential`; the parameters of its ConvBlock and ResidualBlock stages are
+        evaluated incrementally, the rest as `Cached` does.
       cache_batch: examples per forward pass when computing whole-training-set caches (memory only).
       stats_images: the caching pass's BN statistics come from this many first training images.
       shifts_axis: where the 9 pooled shifts of the searched input channel are stacked (the
@@ -242,8 +242,9 @@ class Incremental(OfSequential):
             old_co, old_ci = ctx.pair
             dtaps = _taps(kernel, old_ci, old_co) - ctx.taps
 
+            h = _main(stage, ctx.inputs.h_S[d])
+
             def add(p, start, size):
-                h = _main(stage, ctx.inputs.h_S[d])
                 x = lax.dynamic_slice(h, _index(old_ci, start, 0, 0), (1, size, *h.shape[2:]))[0]
                 dp = pooled_conv3x3_single(stage, self._input(stage, x), dtaps)
                 at = _index(old_co, start, 0, 0)
@@ -262,7 +263,7 @@ class Incremental(OfSequential):
             return self._cached.losses(ctx, params, path, j, values_3, idx_B)
         sp = params[f"stages_{d}"]
         h_d = ctx.inputs.h_S[d]
-        co = co_of(leaf, j, sp)  # the output channel the weight enters
+        co = _co_of(leaf, j, sp)  # the output channel the weight enters
         # What BN_d normalises: P plus, in a residual block, its (pooled) skip tensor, which no
         # candidate of the 3x3 conv or of BN_d changes.
         pre_B = batch_major(ctx.p_OxNxHxW, idx_B)  # (B, H', W', O)
@@ -356,7 +357,7 @@ def handles(stage, leaf: str) -> bool:
     return isinstance(stage, ConvBlock | ResidualBlock) and leaf in stage.searched
 
 
-def co_of(leaf: str, j, sp: dict):
+def _co_of(leaf: str, j, sp: dict):
     """The output channel that weight `j` of `leaf` (a handled leaf) enters."""
     module, name = leaf.split("/")
     return jnp.unravel_index(j, sp[module]["kernel"].shape)[3] if name == "kernel" else j
