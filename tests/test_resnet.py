@@ -8,23 +8,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import init_params, random_data
-from test_rso import engine_choices, make_rso, reference_loss, reference_sweep
+from test_rso import make_rso, reference_loss, reference_sweep
 
 import rsojax
 from rsojax.evaluators import EVALUATORS, StageInputs, applicable, default_evaluator
 from rsojax.evaluators.incremental import ConvContext
 from rsojax.evaluators.stage_inputs import batch_major, stage_inputs
+from rsojax.models import stage_of
 from rsojax.sampling import batch_at, block_permutation
 from rsojax.schedule import anneal
 
-# Compilation dominates (one sweep per layer and evaluator), so the searches cover a small layer
-# of every kind of stage, and every path of Incremental: the head; a residual block (9) before
-# the head; a residual block's kernel (7) before a block that passes its input on; the
-# shortcut block (5: its BN, whose input adds the shortcut, the shortcut's conv and its BN's
-# gamma); a block (4) before the shortcut block; a block that passes its
-# input on as a skip (2) before a residual block; block 1 (a ConvBlock). Not the shortcut's BN
-# beta: the loss does not depend on it (`test_forward_written_out_and_composes_from_any_stage`),
-# so rounding alone decides.
+# Weights of every kind of stage and every path of Incremental, in the network itself (whole
+# cycles: `short_resnet`): the head; a residual block (9) before the head; a residual block's
+# kernel (7) before a block that passes its input on; the shortcut block (5: its BN, whose
+# input adds the shortcut, the shortcut's conv and its BN's gamma); a block (4) before the
+# shortcut block; a block that passes its input on as a skip (2) before a residual block;
+# block 1 (a ConvBlock).
 LAYERS = [
     "stages_9/Dense_0/kernel",
     "stages_8/BatchNorm_0/bias",
@@ -36,11 +35,26 @@ LAYERS = [
     "stages_1/Conv_0/kernel",
     "stages_0/Conv_0/kernel",
 ]
+# The shortcut's BN beta: the loss does not depend on it
+# (`test_forward_written_out_and_composes_from_any_stage`), so rounding alone decides its
+# search, and it is left out wherever decisions are compared.
+ROUNDING_ONLY = "stages_4/shortcut_bn/bias"
 SKIP_STAGES = (2, 4, 6, 8)  # the stages (blocks 3, 5, 7, 9) whose input is (h, skip)
 
 
 def small_resnet(n=24, dtype=jnp.float64):
     model = rsojax.cifar10_resnet(channels=2)
+    x, y = random_data(n, model.input_shape, key=5, dtype=dtype)
+    return model, init_params(model, x, dtype=dtype), (x, y)
+
+
+def short_resnet(n=24, dtype=jnp.float64):
+    """Blocks 1-7 of `small_resnet` and its head: every kind of block and of stage boundary (a
+    ConvBlock; a block passing its input on as a skip; a residual block, pooled, before such a
+    block; the shortcut block; a residual block before the head) in 25 layers and 730 weights,
+    so that whole cycles compile in seconds."""
+    full = rsojax.cifar10_resnet(channels=2)
+    model = rsojax.ResidualNet(stages=(*full.stages[:7], full.stages[-1]), input_shape=full.input_shape)
     x, y = random_data(n, model.input_shape, key=5, dtype=dtype)
     return model, init_params(model, x, dtype=dtype), (x, y)
 
@@ -165,30 +179,45 @@ def test_incremental_losses_are_cached_losses_on_every_path():
             np.testing.assert_allclose(got, expected, rtol=1e-10, atol=0, err_msg=f"{path} weight {j}")
 
 
+@pytest.fixture(scope="module")
+def reference_cycle():
+    """A whole cycle of `short_resnet` by the float64 literal reference, layer after layer from
+    its own parameters: the stages before the searched one in inference mode with the first
+    images' statistics, one shuffle per block (the shortcut conv takes block 5's)."""
+    model, params, data = short_resnet()
+    rso = make_rso(model, "generic", 8, cycles=3)
+    start = rso.init(params, jax.random.key(72), data).replace(cycle=jnp.int32(1))
+    state, leaves, choices, losses = start, {}, {}, {}
+    for path in rso.layers:
+        d = stage_of(path)
+        losses[d] = losses.get(d) or reference_loss(model, path, data[0])  # one compilation per stage
+        leaves[path], choices[path] = reference_sweep(losses[d], rso, state, data, path)
+        state = state.replace(params=rsojax.set_leaf(state.params, path, jnp.asarray(leaves[path])))
+    return model, data, start, leaves, choices
+
+
 @pytest.mark.parametrize("kind", list(EVALUATORS))
-def test_float64_decisions_match_the_literal_reference(kind):
-    """Decision for decision and parameters to 1e-10, over the layers of `LAYERS` in order: the
-    stages before the searched one in inference mode with the first images' statistics, one
-    shuffle per block (the shortcut conv takes block 5's, keyed by the block's first layer)."""
-    model, params, data = small_resnet()
+def test_float64_cycle_matches_the_literal_reference(kind, reference_cycle):
+    """`RSO.cycle` as a run calls it, every layer in one compiled sweep: each layer's parameters
+    equal the reference's to 1e-10 (a different decision moves a weight by a whole dw), and it
+    accepts as many perturbations."""
+    model, data, start, leaves, choices = reference_cycle
     rso = make_rso(model, kind, 8, cycles=3)
-    state = rso.init(params, jax.random.key(72), data).replace(cycle=jnp.int32(1))
-    seen = set()
-    for path in LAYERS:
-        expected_leaf, expected = reference_sweep(reference_loss(model, path, data[0]), rso, state,
-                                                  data, path)
-        state, choices = engine_choices(rso, state, data, path)
-        assert choices == expected, path
-        np.testing.assert_allclose(rsojax.get_leaf(state.params, path), expected_leaf, rtol=0, atol=1e-10, err_msg=path)
-        seen |= set(choices)
-    assert {0, 1, 2} <= seen
+    state, results = rso.cycle(start, data)
+    assert [path for path, _ in results] == list(rso.layers) and len(rso.layers) == 25
+    for path, metrics in results:
+        if path == ROUNDING_ONLY:
+            continue
+        np.testing.assert_allclose(rsojax.get_leaf(state.params, path), leaves[path], rtol=0, atol=1e-10, err_msg=path)
+        assert int(metrics.accepted) == sum(c != 0 for c in choices[path]), path
+    assert {0, 1, 2} <= {c for path in rso.layers for c in choices[path]}
 
 
 def test_float32_evaluators_agree():
-    """From the same float32 state and draws, every evaluator takes the decision of `Uncached`
-    (which recomputes the stages before the searched one from the images) on at least 99.9% of
-    the weights; the state follows `Uncached`'s choice."""
-    model, params, data = small_resnet(n=32, dtype=jnp.float32)
+    """Over a whole float32 cycle of `short_resnet`, from the same state and draws, every
+    evaluator takes the decision of `Uncached` (which recomputes the stages before the searched
+    one from the images) on at least 99.9% of the weights; the state follows `Uncached`'s choice."""
+    model, params, data = short_resnet(n=32, dtype=jnp.float32)
     evaluators = [EVALUATORS[name](model) for name in EVALUATORS]
     rso = make_rso(model, "generic", 16, cycles=2)
     state = rso.init(params, jax.random.key(11), data)
@@ -208,16 +237,16 @@ def test_float32_evaluators_agree():
         return params, ctxs, choices
 
     params, choices, ctxs = state.params, [], [None] * len(evaluators)
-    for path in (LAYERS[0], LAYERS[2], LAYERS[-2], LAYERS[-1]):  # the head, blocks 7, 2 and 1
-        layer = rso.layers.index(path)
+    for layer, path in enumerate(rso.layers):
         sigma = state.sigmas[path] * anneal(state.cycle, cfg.cycles, cfg.anneal_floor).astype(jnp.float32)
         layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), layer)
         perm_N = block_permutation(state.data_key, state.cycle, rso.blocks[layer], state.n_examples)
         ctxs = [e.prepare(params, path, data, c) for e, c in zip(evaluators, ctxs)]
         for i in range(rsojax.get_leaf(params, path).size):
             params, ctxs, c = decide(params, ctxs, perm_N, layer_key, sigma, i, path)
-            choices.append(np.asarray(c))
+            if path != ROUNDING_ONLY:
+                choices.append(np.asarray(c))
     choices = np.array(choices)
-    assert len(choices) == 40 + 144 + 36 + 54 and len(set(choices[:, -1])) == 3
+    assert len(choices) == 730 - 4 and len(set(choices[:, -1])) == 3
     agree = (choices == choices[:, -1:]).all(axis=1)
     assert agree.sum() >= 0.999 * len(agree), (agree.sum(), len(agree))
