@@ -9,7 +9,8 @@ from test_incremental import LAYERS, make_rso, small_net
 
 import rsojax
 from rsojax.evaluators import EVALUATORS, applicable, default_evaluator
-from rsojax.evaluators.stage_inputs import stage_inputs
+from rsojax.evaluators.incremental import _conv_output
+from rsojax.evaluators.stage_inputs import _distinct_stage_inputs, stage_inputs
 
 
 def test_float64_cycle_identical_for_every_evaluator():
@@ -55,6 +56,22 @@ def test_caching_pass_uses_the_statistics_of_the_first_training_images():
     changed["stages_0"]["BatchNorm_0"]["bias"] = params["stages_0"]["BatchNorm_0"]["bias"] + 1.0
     fresh = stage_inputs(model, changed, (x, y), 1, previous=inputs)
     assert not np.allclose(fresh.h_S[1], inputs.h_S[1])
+
+
+def test_caching_passes_hold_their_outputs_and_one_pass():
+    """The caching pass and `Incremental`'s conv cache write each pass in place into their
+    channel-major outputs: the compiled programs' temporaries are one pass, the same for 64
+    and 256 examples (stacking the passes and transposing them grew with the examples: 4x)."""
+    model, params, (x, y) = small_net(channels=2, n=256)
+    kernel = params["stages_1"]["Conv_0"]["kernel"]
+
+    def temporaries(n):
+        h_1 = stage_inputs(model, params, (x[:n], y[:n]), 1).h_S[1]  # (C, N, H, W)
+        programs = (_distinct_stage_inputs.lower(model, params, x[:n], len(model.stages), 8, 16),
+                    _conv_output.lower(model.stages[1], h_1, kernel, 8))
+        return [lowered.compile().memory_analysis().temp_size_in_bytes for lowered in programs]
+
+    assert temporaries(256) == temporaries(64)
 
 
 def test_registry_and_default_evaluator():

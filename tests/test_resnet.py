@@ -139,13 +139,16 @@ def test_forward_written_out_and_composes_from_any_stage():
 
 def test_caching_pass_caches_the_pytree_stage_inputs():
     """The cached input of every stage is the literal network in inference mode with the BN
-    statistics of the first `stats_images` training images, (h, skip) where a block adds one."""
+    statistics of the first `stats_images` training images, (h, skip) where a block adds one,
+    each array once."""
     model, params, (x, y) = small_resnet(n=20)
     inputs = stage_inputs(model, params, (x, y), 9, cache_batch=8, stats_images=12)
     out, _ = literal_forward(params, x, n_stats=12)
     every = jnp.arange(x.shape[0])
     for d in range(10):
         assert_trees_close(batch_major(inputs.h_S[d], every), stage_input(out, d), atol=1e-10, msg=f"stage {d}")
+    for d in SKIP_STAGES:  # the skip is the input of the stage before, passed on: stored once
+        assert inputs.h_S[d][1] is inputs.h_S[d - 1]
 
 
 def test_registry_and_incremental_on_the_residual_network():

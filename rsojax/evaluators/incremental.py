@@ -71,8 +71,7 @@ from rsojax.evaluators.stage_inputs import (
     STATS_IMAGES,
     StageInputs,
     batch_major,
-    channel_major,
-    map_batches,
+    map_passes,
     stage_inputs,
 )
 from rsojax.losses import summed_cross_entropy
@@ -424,9 +423,9 @@ def _conv_output(
     """pool(conv(x, kernel)) over the training set, channel-major (O, N, H', W')."""
     relu = nn.relu if _relu_in(stage) else (lambda a: a)
 
-    def conv(h_pass):  # (pass, I, H, W)
-        x = relu(jnp.moveaxis(h_pass, 1, -1))
+    def conv(h_pass):  # (I, pass, H, W)
+        x = relu(jnp.moveaxis(h_pass, 0, -1))
         y = conv3x3_single(x[..., 0], kernel[:, :, 0]) if x.shape[-1] == 1 else conv3x3(x, kernel)
         return stage_pool(stage, y)
 
-    return channel_major(map_batches(conv, jnp.moveaxis(h_IxNxHxW, 0, 1), cache_batch))
+    return map_passes(conv, h_IxNxHxW, cache_batch, axis=1)

@@ -26,26 +26,28 @@ STATS_IMAGES = 2000  # the reference code's BN statistics: the first 2000 traini
 CACHE_BATCH = 2000  # examples per forward pass of the caching pass (bounds memory only)
 
 
-def map_batches(fn, x: jax.Array, size: int):
-    """`fn` over the examples of `x` in passes of `size` (bounded memory), concatenated.
+def map_passes(fn, x: jax.Array, size: int, axis: int = 0):
+    """`fn` over the examples of `x` (on `axis`) in passes of `size`, its outputs stored
+    channel-major: memory is the outputs and one pass, never a second copy of either.
 
-    `fn` maps a pass to a pytree of arrays with the examples on axis 0.
+    `fn` maps a pass to a pytree of arrays with the examples first and the channels last,
+    (pass, ..., C); each is written in place into its (C, N, ...) array, which is returned.
     """
-    n = x.shape[0]
+    n = x.shape[axis]
+    size = min(size, n)
+
+    def channels_first(x_pass):
+        return jax.tree.map(lambda a: jnp.moveaxis(a, -1, 0), fn(x_pass))
+
+    def write(out, start, size):
+        x_pass = lax.dynamic_slice_in_dim(x, start, size, axis)
+        return jax.tree.map(lambda o, a: lax.dynamic_update_slice_in_dim(o, a, start, 1), out, channels_first(x_pass))
+
+    shapes = jax.eval_shape(channels_first, jax.ShapeDtypeStruct(x.shape[:axis] + (size,) + x.shape[axis + 1 :], x.dtype))
+    out = jax.tree.map(lambda s: jnp.zeros((s.shape[0], n, *s.shape[2:]), s.dtype), shapes)
     n_full = n // size
-    if n_full == 0:
-        return fn(x)
-    out = lax.map(fn, x[: n_full * size].reshape(n_full, size, *x.shape[1:]))
-    out = jax.tree.map(lambda a: a.reshape(n_full * size, *a.shape[2:]), out)
-    if n_full * size < n:
-        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, fn(x[n_full * size :]))
-    return out
-
-
-def channel_major(h):
-    """(N, ..., C) -> (C, N, ...) for every array of the pytree `h`: one channel of every
-    example is contiguous."""
-    return jax.tree.map(lambda a: jnp.moveaxis(a, -1, 0), h)
+    out = lax.fori_loop(0, n_full, lambda i, out: write(out, i * size, size), out)
+    return write(out, n_full * size, n - n_full * size) if n_full * size < n else out
 
 
 def batch_major(h_CxN, idx_B: jax.Array):
@@ -74,17 +76,47 @@ class StageInputs:
     y_N: jax.Array
 
 
+def _prefix_inputs(model: Sequential, params, stats: dict, x_pass: jax.Array, stages: int) -> list:
+    """The inputs of stages 0..`stages - 1` for a pass of examples: the stages in inference
+    mode with `stats`."""
+    h = [x_pass]
+    for d in range(stages - 1):
+        h.append(model.apply({"params": params, "batch_stats": stats}, h[-1], train=False, start=d, stop=d + 1))
+    return h
+
+
+def _distinct(trees: list) -> tuple[list, list]:
+    """The distinct arrays among the leaves of `trees`, and for each tree its treedef and the
+    positions of its leaves among them. A stage that passes an array on (a residual block its
+    input, as the next block's skip) hands on the very value, which is thus stored once."""
+    arrays, position, layout = [], {}, []
+    for tree in trees:
+        leaves, treedef = jax.tree.flatten(tree)
+        for a in leaves:
+            position.setdefault(id(a), len(arrays))
+            if position[id(a)] == len(arrays):
+                arrays.append(a)
+        layout.append((treedef, tuple(position[id(a)] for a in leaves)))
+    return arrays, layout
+
+
 @functools.partial(jax.jit, static_argnames=("model", "stages", "cache_batch", "stats_images"))
-def _stage_inputs(model: Sequential, params, x, stages: int, cache_batch: int, stats_images: int) -> tuple:
+def _distinct_stage_inputs(model: Sequential, params, x, stages: int, cache_batch: int, stats_images: int) -> list:
     stats = reference_statistics(model, params, x, stats_images)
+    return map_passes(lambda x_pass: _distinct(_prefix_inputs(model, params, stats, x_pass, stages))[0], x, cache_batch)
 
-    def forward(x_pass):
-        h = [x_pass]
-        for d in range(stages - 1):
-            h.append(model.apply({"params": params, "batch_stats": stats}, h[-1], train=False, start=d, stop=d + 1))
-        return tuple(h)
 
-    return tuple(channel_major(h) for h in map_batches(forward, x, cache_batch))
+def _stage_inputs(model: Sequential, params, x, stages: int, cache_batch: int, stats_images: int) -> tuple:
+    """The inputs of stages 0..`stages - 1`, channel-major, each distinct array once."""
+    arrays = _distinct_stage_inputs(model, params, x, stages, cache_batch, stats_images)
+    layout = []
+
+    def trace(x_pass):  # the layout, from an abstract pass: nothing is computed
+        stats = bn_statistics(model, params, x_pass)
+        layout.extend(_distinct(_prefix_inputs(model, params, stats, x_pass, stages))[1])
+
+    jax.eval_shape(trace, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
+    return tuple(jax.tree.unflatten(treedef, [arrays[i] for i in at]) for treedef, at in layout)
 
 
 def stage_inputs(
