@@ -18,9 +18,9 @@ from rsojax.models import stage_of
 from rsojax.sampling import batch_at, block_permutation
 from rsojax.schedule import anneal
 
-# Weights of every kind of stage and every path of Incremental, in the network itself (whole
-# cycles: `short_resnet`): the head; a residual block (9) before the head; a residual block's
-# kernel (7) before a block that passes its input on; the shortcut block (5: its BN, whose
+# Weights of every kind of stage and every path of Incremental, in the whole network (whole
+# cycles: `small_resnet(blocks=7)`): the head; a residual block (9) before the head; a residual
+# block's kernel (7) before a block that passes its input on; the shortcut block (5: its BN, whose
 # input adds the shortcut, the shortcut's conv and its BN's gamma); a block (4) before the
 # shortcut block; a block that passes its input on as a skip (2) before a residual block;
 # block 1 (a ConvBlock).
@@ -42,19 +42,13 @@ ROUNDING_ONLY = "stages_4/shortcut_bn/bias"
 SKIP_STAGES = (2, 4, 6, 8)  # the stages (blocks 3, 5, 7, 9) whose input is (h, skip)
 
 
-def small_resnet(n=24, dtype=jnp.float64):
-    model = rsojax.cifar10_resnet(channels=2)
-    x, y = random_data(n, model.input_shape, key=5, dtype=dtype)
-    return model, init_params(model, x, dtype=dtype), (x, y)
-
-
-def short_resnet(n=24, dtype=jnp.float64):
-    """Blocks 1-7 of `small_resnet` and its head: every kind of block and of stage boundary (a
-    ConvBlock; a block passing its input on as a skip; a residual block, pooled, before such a
-    block; the shortcut block; a residual block before the head) in 25 layers and 730 weights,
-    so that whole cycles compile in seconds."""
+def small_resnet(n=24, dtype=jnp.float64, blocks=9):
+    """The network at 2 channels; with `blocks` < 9, its blocks 1..`blocks` and its head. Blocks
+    1-7 have every kind of block and of stage boundary (a ConvBlock; a block passing its input on
+    as a skip; a residual block, pooled, before such a block; the shortcut block; a residual
+    block before the head) in 25 layers and 730 weights, so that whole cycles compile in seconds."""
     full = rsojax.cifar10_resnet(channels=2)
-    model = rsojax.ResidualNet(stages=(*full.stages[:7], full.stages[-1]), input_shape=full.input_shape)
+    model = rsojax.ResidualNet(stages=(*full.stages[:blocks], full.stages[-1]), input_shape=full.input_shape)
     x, y = random_data(n, model.input_shape, key=5, dtype=dtype)
     return model, init_params(model, x, dtype=dtype), (x, y)
 
@@ -184,10 +178,10 @@ def test_incremental_losses_are_cached_losses_on_every_path():
 
 @pytest.fixture(scope="module")
 def reference_cycle():
-    """A whole cycle of `short_resnet` by the float64 literal reference, layer after layer from
-    its own parameters: the stages before the searched one in inference mode with the first
-    images' statistics, one shuffle per block (the shortcut conv takes block 5's)."""
-    model, params, data = short_resnet()
+    """A whole cycle of `small_resnet(blocks=7)` by the float64 literal reference, layer after
+    layer from its own parameters: the stages before the searched one in inference mode with the
+    first images' statistics, one shuffle per block (the shortcut conv takes block 5's)."""
+    model, params, data = small_resnet(blocks=7)
     rso = make_rso(model, "generic", 8, cycles=3)
     start = rso.init(params, jax.random.key(72), data).replace(cycle=jnp.int32(1))
     state, leaves, choices, losses = start, {}, {}, {}
@@ -217,10 +211,10 @@ def test_float64_cycle_matches_the_literal_reference(kind, reference_cycle):
 
 
 def test_float32_evaluators_agree():
-    """Over a whole float32 cycle of `short_resnet`, from the same state and draws, every
-    evaluator takes the decision of `Uncached` (which recomputes the stages before the searched
-    one from the images) on at least 99.9% of the weights; the state follows `Uncached`'s choice."""
-    model, params, data = short_resnet(n=32, dtype=jnp.float32)
+    """Over a whole float32 cycle of `small_resnet(blocks=7)`, from the same state and draws,
+    every evaluator takes the decision of `Uncached` (which recomputes the stages before the
+    searched one from the images) on at least 99.9% of the weights; the state follows its choice."""
+    model, params, data = small_resnet(n=32, dtype=jnp.float32, blocks=7)
     evaluators = [EVALUATORS[name](model) for name in EVALUATORS]
     rso = make_rso(model, "generic", 16, cycles=2)
     state = rso.init(params, jax.random.key(11), data)

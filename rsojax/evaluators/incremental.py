@@ -71,6 +71,7 @@ from rsojax.evaluators.stage_inputs import (
     STATS_IMAGES,
     StageInputs,
     batch_major,
+    in_passes,
     map_passes,
     stage_inputs,
 )
@@ -390,15 +391,6 @@ def _shortcut_conv(sp: dict, skip_B: jax.Array) -> jax.Array:
     """A residual block's 1x1 shortcut conv of the skip tensor."""
     kernel = sp["shortcut_conv"]["kernel"]
     return nn.Conv(kernel.shape[-1], (1, 1), use_bias=False).apply({"params": {"kernel": kernel}}, skip_B)
-
-
-def in_passes(add, carry, n: int, size: int):
-    """`carry = add(carry, start, length)` over examples 0..n-1 in passes of `size` (a loop, so
-    the temporaries are those of one pass)."""
-    size = min(size, n)
-    full = n // size
-    carry = lax.fori_loop(0, full, lambda i, c: add(c, i * size, size), carry)
-    return add(carry, full * size, n - full * size) if full * size < n else carry
 
 
 def _index(*i) -> tuple:

@@ -29,28 +29,34 @@ STATS_IMAGES = 2000  # the reference code's BN statistics: the first 2000 traini
 CACHE_BATCH = 2000  # examples per forward pass of the caching pass (bounds memory only)
 
 
+def in_passes(add, carry, n: int, size: int):
+    """`carry = add(carry, start, length)` over examples 0..n-1 in passes of `size` (a loop, so
+    the temporaries are those of one pass)."""
+    size = min(size, n)
+    full = n // size
+    carry = lax.fori_loop(0, full, lambda i, c: add(c, i * size, size), carry)
+    return add(carry, full * size, n - full * size) if full * size < n else carry
+
+
 def map_passes(fn, x: jax.Array, size: int, axis: int = 0):
-    """`fn` over the examples of `x` (on `axis`) in passes of `size`, its outputs stored
-    channel-major: memory is the outputs and one pass, never a second copy of either.
+    """`fn` over the examples of `x` (on `axis`) in passes of `size` (`in_passes`), its outputs
+    stored channel-major: memory is the outputs and one pass, never a second copy of either.
 
     `fn` maps a pass to a pytree of arrays with the examples first and the channels last,
     (pass, ..., C); each is written in place into its (C, N, ...) array, which is returned.
     """
     n = x.shape[axis]
-    size = min(size, n)
 
     def channels_first(x_pass):
         return jax.tree.map(lambda a: jnp.moveaxis(a, -1, 0), fn(x_pass))
 
-    def write(out, start, size):
-        x_pass = lax.dynamic_slice_in_dim(x, start, size, axis)
+    def write(out, start, length):
+        x_pass = lax.dynamic_slice_in_dim(x, start, length, axis)
         return jax.tree.map(lambda o, a: lax.dynamic_update_slice_in_dim(o, a, start, 1), out, channels_first(x_pass))
 
-    shapes = jax.eval_shape(channels_first, jax.ShapeDtypeStruct(x.shape[:axis] + (size,) + x.shape[axis + 1 :], x.dtype))
-    out = jax.tree.map(lambda s: jnp.zeros((s.shape[0], n, *s.shape[2:]), s.dtype), shapes)
-    n_full = n // size
-    out = lax.fori_loop(0, n_full, lambda i, out: write(out, i * size, size), out)
-    return write(out, n_full * size, n - n_full * size) if n_full * size < n else out
+    one_pass = jax.ShapeDtypeStruct(x.shape[:axis] + (min(size, n),) + x.shape[axis + 1 :], x.dtype)
+    out = jax.tree.map(lambda s: jnp.zeros((s.shape[0], n, *s.shape[2:]), s.dtype), jax.eval_shape(channels_first, one_pass))
+    return in_passes(write, out, n, size)
 
 
 def batch_major(h_CxN, idx_B: jax.Array):
