@@ -155,10 +155,10 @@ def tiny_argv(data, workdir, optimizer="rso", *more):
 @pytest.fixture(scope="session")
 def compared(mnist_npz, tmp_path_factory):
     """experiments/compare.py on `mnist_npz`: RSO and SGD, the runs that the tests of the command
-    lines read and compare resumed runs with; returns its workdir."""
+    lines read and compare resumed runs with, with TensorBoard event files; returns its workdir."""
     workdir = tmp_path_factory.mktemp("compare")
     script("compare").main([*TINY[:2], "--train_subset", "64", "--rso_batch_size", "16", "--sgd_batch_size", "16",
-                            *TINY[4:], "--data", mnist_npz, "--workdir", str(workdir)])
+                            *TINY[4:], "--data", mnist_npz, "--workdir", str(workdir), "--tensorboard"])
     return str(workdir)
 
 
