@@ -168,3 +168,17 @@ def comparable(workdir):
     records = [{k: v for k, v in r.items() if k != "wall_time_s"} for r in read_records(workdir)]
     return json.load(open(os.path.join(workdir, "summary.json")))["params_sha256"], records
 
+
+
+def execute_notebook(name: str) -> str:
+    """Runs notebooks/<name> top to bottom with the kernel in notebooks/, as a user runs it (an
+    error in a cell fails the test); checks that it plotted; returns its text outputs."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebooks = os.path.join(ROOT, "notebooks")
+    nb = nbformat.read(os.path.join(notebooks, name), as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": notebooks}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the plot
+    return "".join(o.get("text", "") for o in outputs)
