@@ -1,5 +1,6 @@
 """rsojax: training neural networks without gradients by RSO (Tripathi & Singh, arXiv 2005.05955)."""
 
+from rsojax import records
 from rsojax.evaluation import accuracy, bn_statistics, predict
 from rsojax.evaluators import EVALUATORS, Cached, Evaluator, Generic, Incremental, Uncached, sequential_loss, stage_inputs
 from rsojax.layer_order import get_leaf, set_leaf, weight_order
@@ -37,6 +38,7 @@ __all__ = [
     "mnist_convnet",
     "params_sha256",
     "predict",
+    "records",
     "rso_trainer",
     "run_rso",
     "run_sgd",

@@ -32,11 +32,42 @@ def write_records(path: str, records: Iterable[dict]) -> None:
 
 
 def read_records(path: str) -> list[dict]:
-    """The records of a JSON-lines file; `path` may be a run's workdir (its `metrics.jsonl`)."""
+    """The records of a JSON-lines file; `path` may be a run's workdir (its `metrics.jsonl`).
+
+    A line counts once its newline is written: a last line without one is a record still being
+    written by a running job, and is left out.
+    """
     if os.path.isdir(path):
         path = os.path.join(path, "metrics.jsonl")
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.read().split("\n")
+    return [json.loads(line) for line in lines[:-1] if line.strip()]
+
+
+def load(workdir: str, as_frame: bool = False):
+    """A run's records (`metrics.jsonl`), as written so far, for analysis in Python.
+
+    Args:
+      workdir: the run's workdir (or its `metrics.jsonl`); the run may still be writing it.
+      as_frame: return a pandas DataFrame (one row per record, a column per key) instead of a list.
+
+    Returns:
+      The records in the order written, one per RSO layer sweep or SGD epoch: a list of dicts,
+      or a `pandas.DataFrame` with `as_frame`.
+
+    Raises:
+      ImportError: `as_frame` without pandas installed.
+      FileNotFoundError: `workdir` holds no `metrics.jsonl`.
+    """
+    if as_frame:
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError(
+                "as_frame: a DataFrame needs pandas (pip install pandas); as_frame=False gives a list of dicts"
+            ) from None
+    records = read_records(workdir)
+    return pd.DataFrame.from_records(records) if as_frame else records
 
 
 def result_cells(records: Sequence[dict], count: str = "weight_updates") -> list[str]:

@@ -155,10 +155,10 @@ def tiny_argv(data, workdir, optimizer="rso", *more):
 @pytest.fixture(scope="session")
 def compared(mnist_npz, tmp_path_factory):
     """experiments/compare.py on `mnist_npz`: RSO and SGD, the runs that the tests of the command
-    lines read and compare resumed runs with; returns its workdir."""
+    lines read and compare resumed runs with, with TensorBoard event files; returns its workdir."""
     workdir = tmp_path_factory.mktemp("compare")
     script("compare").main([*TINY[:2], "--train_subset", "64", "--rso_batch_size", "16", "--sgd_batch_size", "16",
-                            *TINY[4:], "--data", mnist_npz, "--workdir", str(workdir)])
+                            *TINY[4:], "--data", mnist_npz, "--workdir", str(workdir), "--tensorboard"])
     return str(workdir)
 
 
@@ -168,3 +168,17 @@ def comparable(workdir):
     records = [{k: v for k, v in r.items() if k != "wall_time_s"} for r in read_records(workdir)]
     return json.load(open(os.path.join(workdir, "summary.json")))["params_sha256"], records
 
+
+
+def execute_notebook(name: str) -> str:
+    """Runs notebooks/<name> top to bottom with the kernel in notebooks/, as a user runs it (an
+    error in a cell fails the test); checks that it plotted; returns its text outputs."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebooks = os.path.join(ROOT, "notebooks")
+    nb = nbformat.read(os.path.join(notebooks, name), as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": notebooks}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the plot
+    return "".join(o.get("text", "") for o in outputs)

@@ -7,6 +7,8 @@ file-contract, rerun, refusal and resume tests read; the kill -9 test is in test
 import dataclasses
 import json
 import os
+import sys
+import types
 
 import jax
 import numpy as np
@@ -116,6 +118,63 @@ def test_interrupted_run_resumes_in_process_to_the_same_result(compared, mnist_n
     script("mnist").main(argv)
     assert "resuming after" in capsys.readouterr().err
     assert comparable(str(tmp_path)) == comparable(os.path.join(compared, "sgd"))
+
+
+def scalars(workdir) -> dict[str, list[tuple[int, float]]]:
+    """The scalar series of the TensorBoard event files in `workdir`, read by TensorBoard's own reader."""
+    # TensorBoard reads event files through TensorFlow where it is installed (8 s to import),
+    # unless this marker module exists; then through its own stub, which reads them the same way.
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(workdir))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def as_scalars(records) -> dict[str, list[tuple[int, float]]]:
+    """What the event files of `records` must hold: each number (as float32) at its record's weight updates."""
+    keys = [k for k, v in records[0].items() if not isinstance(v, str)]
+    return {k: [(r["weight_updates"], float(np.float32(r[k]))) for r in records] for k in keys}
+
+
+@pytest.mark.parametrize("optimizer", ["rso", "sgd"])
+def test_tensorboard_event_files_hold_the_records(compared, optimizer):
+    records = read_records(os.path.join(compared, optimizer))
+    assert scalars(os.path.join(compared, optimizer)) == as_scalars(records)
+    assert "test_accuracy" in as_scalars(records) and "layer" not in as_scalars(records)
+
+
+def test_resumed_run_rewrites_its_event_files_from_the_checkpoint(mnist_npz, tmp_path, monkeypatch, capsys):
+    """A run interrupted after a record was written past its checkpoint: once resumed, TensorBoard
+    shows each record once, as metrics.jsonl has it."""
+    save = Checkpointer.save
+
+    def save_then_interrupt(self, step, state, meta):
+        if len(meta["records"]) == 2:  # the second epoch's record is written, not saved
+            raise KeyboardInterrupt
+        save(self, step, state, meta)
+
+    argv = tiny_argv(mnist_npz, tmp_path, "sgd", "--tensorboard")
+    monkeypatch.setattr(Checkpointer, "save", save_then_interrupt)
+    assert experiment.cli(lambda: script("mnist").main(argv), "mnist.py") == 130
+    assert len(scalars(tmp_path)["train_loss"]) == 2
+    monkeypatch.setattr(Checkpointer, "save", save)
+    script("mnist").main(argv)
+    assert "resuming after" in capsys.readouterr().err
+    assert scalars(tmp_path) == as_scalars(read_records(str(tmp_path)))
+    assert len(read_records(str(tmp_path))) == 2
+
+
+def test_tensorboard_without_its_package_is_refused_before_anything_is_written(mnist_npz, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import tensorboardX raises ImportError
+    argv = tiny_argv(mnist_npz, tmp_path / "run", "sgd", "--tensorboard")
+    assert experiment.cli(lambda: script("mnist").main(argv), "mnist.py") == 2
+    assert (
+        "mnist.py: error: --tensorboard: writing TensorBoard event files needs tensorboardX: "
+        "pip install 'rsojax[tensorboard]'"
+    ) in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("optimizer, flag", [("sgd", "--seed"), ("sgd", "--init_seed"), ("rso", "--seed")])

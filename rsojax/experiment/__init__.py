@@ -11,7 +11,8 @@ scripts in `experiments/` stay thin.
 anything, then trains, writing into the workdir:
 
 - `config.json`: the config (a rerun must match it, but for `RESUMABLE`);
-- `metrics.jsonl`: a record per RSO layer sweep or SGD epoch (`rsojax.train`);
+- `metrics.jsonl`: a record per RSO layer sweep or SGD epoch (`rsojax.train`); with
+  `tensorboard`, the same records as TensorBoard event files (`rsojax.tensorboard`);
 - `checkpoints/`: orbax, at every record and every `checkpoint_every_s` seconds;
 - `summary.json` and `curves.png` when the run ends.
 

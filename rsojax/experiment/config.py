@@ -35,7 +35,10 @@ TASKS = {
 }
 OPTIMIZERS = ("rso", "sgd")
 # Settings that may change between a run and its resumption (paths, timings, the host's role).
-RESUMABLE = ("data_dir", "data", "download", "checkpoint_every_s", "progress_every_s", "coordinator_address", "process_id")
+RESUMABLE = (
+    "data_dir", "data", "download", "checkpoint_every_s", "progress_every_s", "tensorboard",
+    "coordinator_address", "process_id",
+)
 # A CPU-sized first run, for --help and the README (about 5 minutes for MNIST on 2 cores).
 FIRST_RUN = "--cycles 1 --batch_size 512 --train_subset 10000"
 
@@ -82,6 +85,7 @@ class ExperimentConfig:
     chunk_size: int = setting(576, "weights per compiled RSO call (a checkpoint can fall between two)")
     checkpoint_every_s: float = setting(300.0, "also checkpoint inside a layer this often (seconds)")
     progress_every_s: float = setting(30.0, "a progress line this often when stderr is not a terminal (seconds)")
+    tensorboard: bool = setting(False, "also write the records as TensorBoard event files into the workdir")
     devices: int = setting(0, "devices each minibatch is split over (0: all, of all processes)")
     distributed: bool = setting(False, "join a multi-process run (jax.distributed.initialize)")
     coordinator_address: str | None = setting(None, "with --distributed: process 0's host:port (default: $JAX_COORDINATOR_ADDRESS)")

@@ -20,6 +20,7 @@ from rsojax.experiment.config import FIRST_RUN, RESUMABLE, TASKS, ExperimentConf
 from rsojax.experiment.flags import flagged
 from rsojax.layer_order import get_leaf
 from rsojax.records import write_json, write_records
+from rsojax.tensorboard import check_installed, event_files
 from rsojax.train import SGDRun, Step, params_sha256, rso_trainer, run_rso, run_sgd, start_rso, start_sgd
 
 
@@ -104,12 +105,16 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str) -> dict:
     if writer:
         write_records(metrics_path, records)  # the records of the checkpoint resumed from, nothing after it
     step, last_save = start, time.monotonic()
-    with open(metrics_path if writer else os.devnull, "a") as metrics_file:
+    with (
+        open(metrics_path if writer else os.devnull, "a") as metrics_file,
+        event_files(workdir if writer and config.tensorboard else None, records) as events,
+    ):
         for step in training.steps(start):
             if step.record is not None:
                 records.append(step.record)
                 metrics_file.write(json.dumps(step.record) + "\n")
                 metrics_file.flush()
+                events.write(step.record)
                 progress.note(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in step.record.items()))
             progress.update(*training.position(step))
             if step.record is not None or time.monotonic() - last_save >= config.checkpoint_every_s:
@@ -170,6 +175,8 @@ def _prepare(config: ExperimentConfig) -> tuple:
     """
     task = TASKS[config.task]
     try:
+        if config.tensorboard:
+            check_installed()
         mesh = sharding.make_mesh(config.devices)
         sharding.check_batch(config.batch_size, mesh)
         data = load_data(config)
