@@ -271,9 +271,7 @@ def cifar10_resnet(channels: int = 16, classes: int = 10, global_pool: str = "ma
 
     Stage i - 1 is block i (`stages_8` is block 9, `stages_9` the head); the parameters of a
     block, its shortcut's too, live under its stage (`stages_4/Conv_0/kernel`,
-    `stages_4/shortcut_conv/kernel`), so they share one minibatch shuffle per cycle. (Before
-    the network was a chain of stages, the paths were `conv_5/kernel`, `shortcut_5/kernel`, ...;
-    the function, the parameter count and the search order of the units are unchanged.)
+    `stages_4/shortcut_conv/kernel`), so they share one minibatch shuffle per cycle.
     """
     widths = tuple(channels * m for m in (1, 1, 1, 2, 2, 2, 2, 2, 2))
     targets = range(3, len(widths) + 1, 2)  # the blocks that add the output of block i - 2

@@ -49,9 +49,9 @@ per loop. A channel picked with a traced index (`kernel[:, :, co]`) or the pair'
 to P would be recomputed by up to five loops per weight, and XLA:CPU does not vectorise loops
 that contain a dynamic slice; `pick` (a masked sum, exact) and a dot over the 9 pooled shifts of
 the input channel produce arrays of their own instead, and `set_channel` replaces a channel with
-a select rather than a scatter. On GPUs (profiled on an H200) the shifts are stacked on their
-leading axis instead (`shifts_axis`: the last axis was written strided, at 0.69 ms per conv-2
-weight at batch 5000), and conv d+1's output is stored once before its BN
+a select rather than a scatter. On GPUs the shifts are stacked on their leading axis instead
+(`shifts_axis`: along the last axis a GPU writes them strided, slowly), and conv d+1's output
+is stored once before its BN
 (`lax.optimization_barrier`) rather than recomputed in each of BN's passes.
 """
 
@@ -132,8 +132,8 @@ def pick(a: jax.Array, i, axis: int) -> jax.Array:
     """`a` at traced index `i` along `axis`, as a sum over the axis of `a` masked to index `i`.
 
     Exact (one value plus zeros). Unlike a dynamic slice, which XLA fuses into every consumer
-    and which keeps XLA:CPU from vectorising those loops (the one-channel convolutions here ran
-    1.5x slower), a reduction's result is an array of its own, so the loops that read it index
+    and which keeps XLA:CPU from vectorising those loops (the one-channel convolutions here
+    among them), a reduction's result is an array of its own, so the loops that read it index
     it statically. For small arrays (parameters, a few channels).
     """
     axis %= a.ndim
@@ -178,8 +178,8 @@ class Incremental(OfSequential):
       stats_images: the caching pass's BN statistics come from this many first training images.
       shifts_axis: where the 9 pooled shifts of the searched input channel are stacked (the
         same values either way): None picks per backend, the last axis on CPUs (XLA:CPU's
-        matrix-vector product over contiguous rows), the first elsewhere (on an H200 the last
-        axis made a fusion of 0.69 ms per conv-2 weight at batch 5000, written strided).
+        matrix-vector product over contiguous rows), the first elsewhere (a GPU writes the
+        last axis strided, slowly).
     """
 
     model: Sequential
