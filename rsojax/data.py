@@ -50,11 +50,6 @@ def load_mnist(data_dir: str | None = None, train_subset: int = 0, download: boo
     return load("mnist", data_dir, train_subset, download)
 
 
-def load_cifar10(data_dir: str | None = None, train_subset: int = 0, download: bool = False) -> Dataset:
-    """CIFAR-10 from TFDS, preprocessed (`load`)."""
-    return load("cifar10", data_dir, train_subset, download)
-
-
 def load(name: str, data_dir: str | None = None, train_subset: int = 0, download: bool = False) -> Dataset:
     """A dataset of `SOURCES` from TFDS, preprocessed as the reference code does (`preprocess`).
 

@@ -284,9 +284,7 @@ class RSO:
 
     def layer(self, state: RSOState, data, path: str, chunk_size: int | None = None):
         """Sweeps a whole layer (`chunks`); returns the new state and the layer's metrics."""
-        metrics = SweepMetrics.zeros(get_leaf(state.params, path).dtype)
-        for state, m, _, _ in self.chunks(state, data, path, chunk_size=chunk_size):
-            metrics = metrics + m
+        state, metrics, _ = self._whole_layer(state, data, path, chunk_size, None)
         return state, metrics
 
     def cycle(self, state: RSOState, data, chunk_size: int | None = None):
@@ -297,11 +295,16 @@ class RSO:
         """
         results, ctx = [], None
         for path in self.layers:
-            metrics = SweepMetrics.zeros(get_leaf(state.params, path).dtype)
-            for state, m, _, ctx in self.chunks(state, data, path, chunk_size=chunk_size, ctx=ctx):
-                metrics = metrics + m
+            state, metrics, ctx = self._whole_layer(state, data, path, chunk_size, ctx)
             results.append((path, metrics))
         return state.replace(cycle=state.cycle + 1), results
+
+    def _whole_layer(self, state, data, path, chunk_size, ctx):
+        """`chunks` to the layer's end, metrics summed; the last context is passed on."""
+        metrics = SweepMetrics.zeros(get_leaf(state.params, path).dtype)
+        for state, m, _, ctx in self.chunks(state, data, path, chunk_size=chunk_size, ctx=ctx):
+            metrics = metrics + m
+        return state, metrics, ctx
 
     def draws(self, state: RSOState, path: str):
         """What RSO draws for layer `path` this cycle: `(order, dw, batch)`, the visit order

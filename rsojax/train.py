@@ -25,6 +25,13 @@ from rsojax.models import Sequential
 from rsojax.rso import RSO, RSOConfig, RSOState, SweepMetrics
 from rsojax.sharding import replicate
 
+# The defaults of every entry point (`run_rso`, `run_sgd`, `rsojax.peer.run_es`, the
+# experiment's config and the command lines): the reference code's seeds, and the weights per
+# compiled RSO call (a checkpoint can fall between two calls).
+SEED = 72  # the reference code's sampling seed: the draws of dw and the minibatch stream
+INIT_SEED = 420  # the reference code's parameter initialisation seed
+CHUNK_SIZE = 576  # weights per compiled RSO call
+
 
 @flax.struct.dataclass
 class RSORun:
@@ -50,7 +57,7 @@ class Step(NamedTuple):
     record: dict | None = None  # set when a layer sweep (RSO) or an epoch (SGD) has finished
 
 
-def init_params(model: Sequential, seed: int = 420):
+def init_params(model: Sequential, seed: int = INIT_SEED):
     """Model parameters from `seed` (the reference code initialises with seed 420)."""
     return model.init(jax.random.key(seed), np.zeros((1, *model.input_shape), np.float32), train=True)["params"]
 
@@ -74,7 +81,7 @@ def rso_trainer(
     return RSO(evaluator, model.search_order(kernels_only), config, mesh=mesh)
 
 
-def start_rso(rso: RSO, model: Sequential, data: Dataset, seed: int = 72, init_seed: int = 420) -> Step:
+def start_rso(rso: RSO, model: Sequential, data: Dataset, seed: int = SEED, init_seed: int = INIT_SEED) -> Step:
     """The step before any work: fresh parameters from `init_seed`, the draws keyed by `seed`."""
     state = rso.init(init_params(model, init_seed), jax.random.key(seed), (data.x_train, data.y_train))
     metrics = SweepMetrics.zeros(jax.tree.leaves(state.params)[0].dtype)
@@ -87,9 +94,9 @@ def run_rso(
     data: Dataset,
     start: Step | None = None,
     *,
-    seed: int = 72,
-    init_seed: int = 420,
-    chunk_size: int = 576,
+    seed: int = SEED,
+    init_seed: int = INIT_SEED,
+    chunk_size: int = CHUNK_SIZE,
     on_chunk: Callable[[int, int], None] | None = None,
 ) -> Iterator[Step]:
     """Runs RSO from `start` (default: a fresh start from the seeds) to the end of
@@ -141,7 +148,7 @@ def _sweep_record(rso, model, data, state, layer, m: SweepMetrics, updates, wall
     }
 
 
-def start_sgd(model: Sequential, optimizer: optax.GradientTransformation, init_seed: int = 420) -> Step:
+def start_sgd(model: Sequential, optimizer: optax.GradientTransformation, init_seed: int = INIT_SEED) -> Step:
     params = init_params(model, init_seed)
     return Step(SGDRun(params=params, opt_state=optimizer.init(params), epoch=jnp.int32(0)), 0, 0.0)
 
@@ -154,8 +161,8 @@ def run_sgd(
     *,
     epochs: int,
     batch_size: int = 128,
-    seed: int = 72,
-    init_seed: int = 420,
+    seed: int = SEED,
+    init_seed: int = INIT_SEED,
     mesh=None,
     precision: str = "float32",
 ) -> Iterator[Step]:

@@ -12,6 +12,7 @@ from rsojax.data import SOURCES, Dataset, load, load_npz
 from rsojax.evaluators import EVALUATORS
 from rsojax.models import GLOBAL_POOLS, cifar10_resnet, mnist_convnet
 from rsojax.rso import RSOConfig, setting
+from rsojax.train import CHUNK_SIZE, INIT_SEED, SEED
 
 
 class UsageError(Exception):
@@ -73,13 +74,13 @@ class ExperimentConfig:
     kernels_only: bool = setting(False, "search kernels only (Algorithm 1 as printed), not BN")
     channels: int = setting(16, "conv channels (16: the paper's network)")
     global_pool: str = setting("max", "the network's global pool (max: the reference code's)", GLOBAL_POOLS)
-    seed: int = setting(72, "sampling seed (minibatches and dw)")
-    init_seed: int = setting(420, "parameter initialisation seed")
+    seed: int = setting(SEED, "sampling seed (minibatches and dw)")
+    init_seed: int = setting(INIT_SEED, "parameter initialisation seed")
     data_dir: str | None = setting(None, "TFDS data directory (default: $TFDS_DATA_DIR, else TFDS's default)")
     data: str | None = setting(None, "a .npz file with x_train, y_train, x_test, y_test, instead of TFDS")
     download: bool = setting(False, "let TFDS download the data into --data_dir if it is missing")
     train_subset: int = setting(0, "the first N training images (0: all)")
-    chunk_size: int = setting(576, "weights per compiled RSO call (a checkpoint can fall between two)")
+    chunk_size: int = setting(CHUNK_SIZE, "weights per compiled RSO call (a checkpoint can fall between two)")
     checkpoint_every_s: float = setting(300.0, "also checkpoint inside a layer this often (seconds)")
     progress_every_s: float = setting(30.0, "a progress line this often when stderr is not a terminal (seconds)")
     devices: int = setting(0, "devices each minibatch is split over (0: all, of all processes)")
