@@ -14,6 +14,7 @@ from test_rso import reference_loss, reference_sweep
 
 import rsojax
 from rsojax.evaluators import Incremental
+from rsojax.rso import choose
 from rsojax.sampling import batch_at, block_permutation
 from rsojax.schedule import anneal
 
@@ -60,8 +61,8 @@ def test_float32_decisions_agree_with_cached():
         w_decayed = flat[j] * (1 - cfg.weight_decay)
         values_3 = jnp.stack([w_decayed, w_decayed + dw, w_decayed - dw])
         ctx_i = incremental.refresh(ctx_i, params, path, j)
-        choice_c = rsojax.choose(cached.losses(ctx_c, params, path, j, values_3, idx_B))
-        choice_i = rsojax.choose(incremental.losses(ctx_i, params, path, j, values_3, idx_B))
+        choice_c = choose(cached.losses(ctx_c, params, path, j, values_3, idx_B))
+        choice_i = choose(incremental.losses(ctx_i, params, path, j, values_3, idx_B))
         new = values_3[choice_c]
         params = rsojax.set_leaf(params, path, flat.at[j].set(new).reshape(leaf.shape))
         return params, ctx_i, choice_c == choice_i

@@ -208,6 +208,17 @@ class Incremental(OfSequential):
         return nn.relu(h) if _relu_in(stage) else h
 
     def prepare(self, params, path, data, previous=None):
+        """The stage inputs and, for a conv stage's layer, P = pool(conv(x, K_d)) over the training set.
+
+        Args:
+          params: the parameters the sweep starts from.
+          path: the layer.
+          data: the training set `(x, y)`.
+          previous: the context prepared before, if any; its stage inputs, and its P while the kernel is unchanged, are reused.
+
+        Returns:
+          A `ConvContext`, or the `StageInputs` for a layer evaluated as `Cached` does.
+        """
         d, stage, _ = self._stage(path)
         inputs = stage_inputs(self.model, params, data, d, self.cache_batch, self.stats_images, previous)
         if stage is None:
@@ -227,6 +238,17 @@ class Incremental(OfSequential):
         return ConvContext(inputs=inputs, kernel=kernel, p_OxNxHxW=p, pair=no_pair, taps=taps, stage=d)
 
     def refresh(self, ctx, params, path, j):
+        """Folds the previous (input, output) channel pair's changes into P when weight `j` is of another pair.
+
+        Args:
+          ctx: the context so far.
+          params: the current parameters.
+          path: the layer.
+          j: the weight's row-major flat index in the layer (traced).
+
+        Returns:
+          The context for weight `j`.
+        """
         d, stage, leaf = self._stage(path)
         if stage is None or leaf != "Conv_0/kernel":
             return ctx
@@ -258,6 +280,19 @@ class Incremental(OfSequential):
         return ctx.replace(p_OxNxHxW=p, pair=pair, taps=jnp.where(moved, _taps(kernel, ci, co), ctx.taps))
 
     def losses(self, ctx, params, path, j, values_3, idx_B):
+        """The candidates' losses by the rank-one and one-channel updates of the module docstring.
+
+        Args:
+          ctx: the context for weight `j`.
+          params: the current parameters.
+          path: the layer.
+          j: the weight's row-major flat index in the layer (traced).
+          values_3: the three candidate values, w', w' + dw, w' - dw.
+          idx_B: the indices of the minibatch's examples in the training set.
+
+        Returns:
+          The three losses, summed over the minibatch.
+        """
         d, stage, leaf = self._stage(path)
         if stage is None:
             return self._cached.losses(ctx, params, path, j, values_3, idx_B)
