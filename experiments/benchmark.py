@@ -40,6 +40,7 @@ from rsojax.evaluators import EVALUATORS
 from rsojax.evaluators.incremental import handles
 from rsojax.models import GLOBAL_POOLS, ConvBlock, PoolHead, ResidualBlock
 from rsojax.precision import PRECISIONS
+from rsojax.train import CHUNK_SIZE
 
 # --model: the network and the size of its dataset's training set.
 MODELS = {"mnist": (rsojax.mnist_convnet, 60000), "cifar10": (rsojax.cifar10_resnet, 50000)}
@@ -194,7 +195,8 @@ def window(mode: str, shape, k: int) -> int:
     return min(k, n - 2)
 
 
-# --trace: device and XLA events only (the Python tracer and the embedded HLO made 8-10 MB per layer).
+# --trace: device and XLA events only (the Python tracer and the embedded HLO would make each
+# layer's trace several MB).
 TRACE_OPTIONS = jax.profiler.ProfileOptions()
 TRACE_OPTIONS.python_tracer_level = 0
 TRACE_OPTIONS.host_tracer_level = 1
@@ -207,7 +209,8 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - t
 
 
-def run(args) -> dict:
+def setup(args):
+    """The network, random data of its input shape, and an `RSO` over them with its first state."""
     model = MODELS[args.model][0](global_pool=args.global_pool)
     kx, ky, kp = jax.random.split(jax.random.key(args.seed), 3)
     x = jax.random.normal(kx, (args.train_size, *model.input_shape), jnp.float32)
@@ -216,78 +219,85 @@ def run(args) -> dict:
     mesh = sharding.make_mesh(args.devices)
     config = rsojax.RSOConfig(batch_size=args.batch_size, precision=args.precision)
     rso = rsojax.RSO(EVALUATORS[args.mode](model), model.search_order(), config, mesh=mesh)
-    state = rso.init(params, jax.random.key(args.seed), (x, y))
-    costs = stage_costs(model)
-    f = costs[0]
-    load_before = os.getloadavg()
-    data = (x, y)
-    # Once per cycle (`run_rso` passes each context on as `previous`): the stage inputs, as the
-    # time of a fresh context less that of one reusing them, both warmed up first (the reuse has
-    # compiled steps of its own: unwarmed, it made the figure negative on a GPU). One context
-    # alive at a time: the stage inputs of 60,000 images take GBs.
+    return model, (x, y), mesh, rso, rso.init(params, jax.random.key(args.seed), (x, y))
+
+
+def time_stage_inputs(rso, state, data) -> tuple[float, object]:
+    """Seconds of the stage inputs, computed once per cycle (`run_rso` passes each context on
+    as `previous`): the time of a fresh context less that of one reusing them, both warmed up
+    first (the reuse compiles steps of its own, which are not part of a cycle). Returns them
+    and the fresh context; one context is alive at a time (60,000 images' inputs take GBs)."""
     first_path = rso.layers[0]
     timed(rso.prepare, state, data, first_path)
     ctx, fresh_s = timed(rso.prepare, state, data, first_path)
     timed(rso.prepare, state, data, first_path, previous=ctx)
     reuse_s = min(timed(rso.prepare, state, data, first_path, previous=ctx)[1] for _ in range(2))
-    inputs_s = max(fresh_s - reuse_s, 0.0)
-    flops = flops_inputs(f, args.mode, args.train_size)
-    moved = bytes_inputs(costs, args.mode, args.train_size)
-    per_layer, compile_seconds = [], 0.0
-    for path in rso.layers:
-        d, leaf = rsojax.models.stage_of(path), path.split("/", 1)[1]
-        shape = rsojax.get_leaf(state.params, path).shape
-        n = math.prod(shape)
-        n_chunks = math.ceil(n / args.chunk_size)
-        # Every chunk is prepared from the state it starts from (what `run_rso` does); timed the
-        # second time, with the previous layer's context (as the kernel changes between chunks,
-        # later chunks of a layer cannot reuse their predecessor's caches either).
-        previous = ctx
-        ctx, first = timed(rso.prepare, state, data, path, previous=previous)
-        ctx, prepare_s = timed(rso.prepare, state, data, path, previous=previous)
-        # Weights 0 and 1 alone compile the sweep (twice: the state it returns is placed
-        # differently from the one it was given); then `k` weights are timed.
-        (state, _), warm_s = timed(rso.sweep, state, ctx, path, 0, 1)
-        (state, _), warm2_s = timed(rso.sweep, state, ctx, path, 1, 2)
-        # A call's fixed cost (moving the context into the loop), paid once per chunk: the
-        # fastest of three, so that noise does not make the per-weight time negative.
-        call_s = min(timed(rso.sweep, state, ctx, path, 2, 2)[1] for _ in range(3))
-        k = window(args.mode, shape, args.weights_per_layer)
-        (state, _), sweep_s = timed(rso.sweep, state, ctx, path, 2, 2 + k)
-        per_weight = (sweep_s - call_s if sweep_s > call_s else sweep_s) / k
-        if args.trace:  # once more, untimed, under the profiler: the kernels of k weights
-            folder = os.path.join(args.trace, path.replace("/", "."))
-            with jax.profiler.trace(folder, profiler_options=TRACE_OPTIONS):
-                state, _ = jax.block_until_ready(rso.sweep(state, ctx, path, 2, 2 + k))
-            with open(os.path.join(folder, "sweep.hlo.txt"), "w") as fh:  # the kernels' names and sources
-                fh.write(rso.lower(state, ctx, path, 2, 2 + k).compile().as_text())
-        compile_seconds += max(first - prepare_s, 0.0) + max(warm_s + warm2_s - 2 * per_weight, 0.0)
-        layer_seconds = n_chunks * (prepare_s + call_s) + n * per_weight
-        flops_fn, bytes_fn = COUNTS[args.mode]
-        layer_flops = flops_fn(f, d, leaf, n, args.batch_size, args.train_size, n_chunks, model)
-        layer_bytes = bytes_fn(costs, d, leaf, n, args.batch_size, args.train_size, n_chunks, model)
-        flops, moved = flops + layer_flops, moved + layer_bytes
-        per_layer.append(
-            {
-                "layer": path,
-                "n_weights": n,
-                "timed_weights": k,
-                "weights_per_s": 1.0 / per_weight,
-                "prepare_seconds": prepare_s,
-                "call_seconds": call_s,
-                "layer_seconds": layer_seconds,
-                "layer_flops": layer_flops,
-                "layer_bytes": layer_bytes,
-                "gflops": layer_flops / layer_seconds / 1e9,
-                "gbytes_per_s": layer_bytes / layer_seconds / 1e9,
-            }
-        )
-        print(
-            f"{path:28s} {n:6d} {k:5d} {1.0 / per_weight:10.1f} {prepare_s:9.2f} {layer_seconds:10.1f}"
-            f" {layer_flops / layer_seconds / 1e9:8.1f} {layer_bytes / layer_seconds / 1e9:6.1f}",
-            flush=True,
-        )
+    return max(fresh_s - reuse_s, 0.0), ctx
+
+
+def time_layer(args, rso, state, data, path: str, previous):
+    """Times layer `path`: its context, a call's fixed cost and the seconds per weight over a
+    window of `k` weights (`window`). Returns the state and context after, and the timings."""
+    shape = rsojax.get_leaf(state.params, path).shape
+    # Every chunk is prepared from the state it starts from (what `run_rso` does); timed the
+    # second time, with the previous layer's context (as the kernel changes between chunks,
+    # later chunks of a layer cannot reuse their predecessor's caches either).
+    ctx, first = timed(rso.prepare, state, data, path, previous=previous)
+    ctx, prepare_s = timed(rso.prepare, state, data, path, previous=previous)
+    # Weights 0 and 1 alone compile the sweep (twice: the state it returns is placed
+    # differently from the one it was given); then `k` weights are timed.
+    (state, _), warm_s = timed(rso.sweep, state, ctx, path, 0, 1)
+    (state, _), warm2_s = timed(rso.sweep, state, ctx, path, 1, 2)
+    # A call's fixed cost (moving the context into the loop), paid once per chunk: the
+    # fastest of three, so that noise does not make the per-weight time negative.
+    call_s = min(timed(rso.sweep, state, ctx, path, 2, 2)[1] for _ in range(3))
+    k = window(args.mode, shape, args.weights_per_layer)
+    (state, _), sweep_s = timed(rso.sweep, state, ctx, path, 2, 2 + k)
+    per_weight = (sweep_s - call_s if sweep_s > call_s else sweep_s) / k
+    compile_s = max(first - prepare_s, 0.0) + max(warm_s + warm2_s - 2 * per_weight, 0.0)
+    timing = {"k": k, "prepare_s": prepare_s, "call_s": call_s, "per_weight": per_weight, "compile_s": compile_s}
+    return state, ctx, timing
+
+
+def trace_layer(folder: str, rso, state, ctx, path: str, k: int):
+    """The layer's `k` timed weights once more, untimed, under the profiler into `folder`,
+    with the sweep's compiled HLO beside it (which code each kernel runs)."""
+    with jax.profiler.trace(folder, profiler_options=TRACE_OPTIONS):
+        state, _ = jax.block_until_ready(rso.sweep(state, ctx, path, 2, 2 + k))
+    with open(os.path.join(folder, "sweep.hlo.txt"), "w") as fh:
+        fh.write(rso.lower(state, ctx, path, 2, 2 + k).compile().as_text())
+    return state
+
+
+def layer_result(args, model, costs, path: str, n: int, timing: dict) -> dict:
+    """A layer's row: its extrapolated seconds per cycle and its counted FLOPs and bytes."""
+    d, leaf = rsojax.models.stage_of(path), path.split("/", 1)[1]
+    n_chunks = math.ceil(n / args.chunk_size)
+    layer_seconds = n_chunks * (timing["prepare_s"] + timing["call_s"]) + n * timing["per_weight"]
+    flops_fn, bytes_fn = COUNTS[args.mode]
+    layer_flops = flops_fn(costs[0], d, leaf, n, args.batch_size, args.train_size, n_chunks, model)
+    layer_bytes = bytes_fn(costs, d, leaf, n, args.batch_size, args.train_size, n_chunks, model)
+    return {
+        "layer": path,
+        "n_weights": n,
+        "timed_weights": timing["k"],
+        "weights_per_s": 1.0 / timing["per_weight"],
+        "prepare_seconds": timing["prepare_s"],
+        "call_seconds": timing["call_s"],
+        "layer_seconds": layer_seconds,
+        "layer_flops": layer_flops,
+        "layer_bytes": layer_bytes,
+        "gflops": layer_flops / layer_seconds / 1e9,
+        "gbytes_per_s": layer_bytes / layer_seconds / 1e9,
+    }
+
+
+def summary(args, mesh, costs, inputs_s: float, per_layer: list[dict], compile_seconds: float, load_before) -> dict:
+    """The whole cycle: the settings, every layer's row, the totals and rates, the machine."""
     cycle_seconds = inputs_s + sum(r["layer_seconds"] for r in per_layer)
+    flops = flops_inputs(costs[0], args.mode, args.train_size) + sum(r["layer_flops"] for r in per_layer)
+    moved = bytes_inputs(costs, args.mode, args.train_size) + sum(r["layer_bytes"] for r in per_layer)
+    device = jax.devices()[0]
     return {
         "model": args.model,
         "mode": args.mode,
@@ -309,15 +319,38 @@ def run(args) -> dict:
         "achieved_gbytes_per_s": moved / cycle_seconds / 1e9,
         "compile_seconds": compile_seconds,
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} cores",
+        "device": f"{device.platform}: {device.device_kind} x{jax.device_count()}, {os.cpu_count()} cores",
         "jax_version": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "load_average": {"before": load_before, "after": os.getloadavg()},
     }
 
 
-def main():
-    xla_flags.use_recommended()  # before JAX starts its backend
+def run(args) -> dict:
+    """Times every layer of the network (`time_layer`) and sums them into one cycle (`summary`)."""
+    model, data, mesh, rso, state = setup(args)
+    costs = stage_costs(model)
+    load_before = os.getloadavg()
+    inputs_s, ctx = time_stage_inputs(rso, state, data)
+    per_layer, compile_seconds = [], 0.0
+    for path in rso.layers:
+        n = rsojax.get_leaf(state.params, path).size
+        state, ctx, timing = time_layer(args, rso, state, data, path, ctx)
+        if args.trace:
+            state = trace_layer(os.path.join(args.trace, path.replace("/", ".")), rso, state, ctx, path, timing["k"])
+        compile_seconds += timing["compile_s"]
+        row = layer_result(args, model, costs, path, n, timing)
+        per_layer.append(row)
+        print(
+            f"{path:28s} {n:6d} {timing['k']:5d} {row['weights_per_s']:10.1f} {timing['prepare_s']:9.2f}"
+            f" {row['layer_seconds']:10.1f} {row['gflops']:8.1f} {row['gbytes_per_s']:6.1f}",
+            flush=True,
+        )
+    return summary(args, mesh, costs, inputs_s, per_layer, compile_seconds, load_before)
+
+
+def parse(argv=None) -> argparse.Namespace:
+    """The command line; --train_size defaults to the dataset's."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--weights_per_layer", type=int, default=64, metavar="K",
@@ -330,14 +363,21 @@ def main():
     parser.add_argument("--global_pool", choices=GLOBAL_POOLS, default="max", help="the network's global pool")
     parser.add_argument("--out", default=None, metavar="FILE.json")
     parser.add_argument("--train_size", type=int, default=None, help="default: the dataset's (60,000 or 50,000)")
-    parser.add_argument("--chunk_size", type=int, default=576, help="weights per compiled sweep call (as experiments/mnist.py)")
+    parser.add_argument("--chunk_size", type=int, default=CHUNK_SIZE,
+                        help=f"weights per compiled sweep call (as experiments/mnist.py) [default: {CHUNK_SIZE}]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--devices", type=int, default=1, help="devices each minibatch is split over (0 = all)")
     parser.add_argument("--trace", default=None, metavar="DIR",
                         help="also profile each layer's K weights once more (after timing them) into DIR/<layer>, "
                         "for TensorBoard or XProf")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.train_size = args.train_size or MODELS[args.model][1]
+    return args
+
+
+def main(argv=None):
+    xla_flags.use_recommended()  # before JAX starts its backend
+    args = parse(argv)
     if args.devices > 1:  # on a CPU backend, as many devices as asked (no effect on GPUs and TPUs)
         jax.config.update("jax_num_cpu_devices", args.devices)
     print(

@@ -23,8 +23,17 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 class Dataset(NamedTuple):
-    x_train: jnp.ndarray  # float32[N, H, W, C]
-    y_train: jnp.ndarray  # int32[N]
+    """A training and a test split, as the trainers take them (any arrays of these shapes).
+
+    Attributes:
+      x_train: float32[N, *example_shape], the training inputs.
+      y_train: int32[N], their labels.
+      x_test: float32[M, *example_shape], the test inputs.
+      y_test: int32[M], their labels.
+    """
+
+    x_train: jnp.ndarray
+    y_train: jnp.ndarray
     x_test: jnp.ndarray
     y_test: jnp.ndarray
 
@@ -46,13 +55,21 @@ SOURCES = {
 
 
 def load_mnist(data_dir: str | None = None, train_subset: int = 0, download: bool = False) -> Dataset:
-    """MNIST from TFDS, preprocessed (`load`)."""
+    """MNIST from TFDS, preprocessed as the reference code does (`load`).
+
+    Args:
+      data_dir: the TFDS data directory; default: `$TFDS_DATA_DIR`, else TFDS's default.
+      train_subset: keep the first N training images (0: all).
+      download: let TFDS download and prepare the data when it is missing (off: fail at once).
+
+    Returns:
+      The dataset: 60,000 training and 10,000 test images, (28, 28, 1) each.
+
+    Raises:
+      FileNotFoundError: the data is not in `data_dir` (and `download` is off or failed).
+      ImportError: TensorFlow Datasets is not installed.
+    """
     return load("mnist", data_dir, train_subset, download)
-
-
-def load_cifar10(data_dir: str | None = None, train_subset: int = 0, download: bool = False) -> Dataset:
-    """CIFAR-10 from TFDS, preprocessed (`load`)."""
-    return load("cifar10", data_dir, train_subset, download)
 
 
 def load(name: str, data_dir: str | None = None, train_subset: int = 0, download: bool = False) -> Dataset:
@@ -64,8 +81,12 @@ def load(name: str, data_dir: str | None = None, train_subset: int = 0, download
       train_subset: keep the first N training images (0: all).
       download: let TFDS download and prepare the data when it is missing (off: fail at once).
 
+    Returns:
+      The dataset, preprocessed.
+
     Raises:
       FileNotFoundError: the data is not in `data_dir` (and `download` is off or failed).
+      ImportError: TensorFlow Datasets is not installed.
     """
     source = SOURCES[name]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -105,6 +126,9 @@ def load_npz(path: str, train_subset: int = 0, per_channel_mean: bool = False) -
         [0, 1]); labels N or N x 1, integers 0..9.
       train_subset: keep the first N training images (0: all).
       per_channel_mean: the rule of `preprocess` (False: MNIST's; True: CIFAR-10's).
+
+    Returns:
+      The dataset, preprocessed.
 
     Raises:
       FileNotFoundError: no file at `path`.

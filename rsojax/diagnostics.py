@@ -6,8 +6,8 @@ those three values and losses for weights at chosen visit positions of one layer
 from the same state (no update between them), with the engine's dw, minibatch, weight decay
 and precision (`rsojax.rso.RSO`); `decisions` is the choice each would get. Comparing two
 `RSO` objects that differ in one setting on the same weights isolates that setting's effect
-on the search: `agreement` does it for the precision question of issue 11 (does the backend's
-default precision, TF32 on NVIDIA GPUs, choose as full float32 does?).
+on the search: `agreement` does it for precision (does the backend's default precision, TF32
+on NVIDIA GPUs, choose as full float32 does?).
 
 Deciding every weight from one state needs an evaluator whose context serves every weight of
 the layer without a per-weight `refresh` (`parallel_safe`: `Cached`, `Generic`).

@@ -15,13 +15,32 @@ from rsojax.precision import precision_scope
 
 
 def bn_statistics(model: Sequential, params, x_stats) -> dict:
-    """The `batch_stats` collection: every BN layer's mean and variance over `x_stats`."""
+    """Every BN layer's mean and variance over `x_stats`, as evaluation uses them.
+
+    Args:
+      model: the network.
+      params: its parameters.
+      x_stats: the images the statistics are taken over (batch mode).
+
+    Returns:
+      The `batch_stats` collection (empty for a network without BN).
+    """
     _, variables = model.apply({"params": params}, x_stats, train=True, mutable=["batch_stats"])
     return variables.get("batch_stats", {})
 
 
 def predict(model: Sequential, params, batch_stats, x) -> jax.Array:
-    """Predicted classes of `x` in evaluation mode."""
+    """Predicted classes of `x` in evaluation mode.
+
+    Args:
+      model: the network.
+      params: its parameters.
+      batch_stats: the BN statistics to normalise with (`bn_statistics`).
+      x: the images, (N, *model.input_shape).
+
+    Returns:
+      int[N], the class of the largest logit of each image.
+    """
     return jnp.argmax(model.apply({"params": params, "batch_stats": batch_stats}, x, train=False), axis=-1)
 
 
@@ -48,8 +67,24 @@ def _at_precision(fn, model, params, x_train, x_test, y_test, stats_images, eval
 def accuracy(
     model: Sequential, params, x_train, x_test, y_test, stats_images=2000, eval_batch=2000, precision="float32"
 ) -> float:
-    """Test accuracy with BN statistics of the first `stats_images` training images, with
-    convolutions and matrix products at `precision` (a name of `rsojax.precision.PRECISIONS`)."""
+    """Test accuracy as the reference code measures it.
+
+    Args:
+      model: the network.
+      params: its parameters.
+      x_train: the training images; BN statistics come from the first `stats_images`.
+      x_test: the test images.
+      y_test: their integer labels.
+      stats_images: how many training images the BN statistics are taken over.
+      eval_batch: test images per forward pass (memory only).
+      precision: of convolutions and matrix products, a name of `rsojax.precision.PRECISIONS`.
+
+    Returns:
+      The fraction of test images classified correctly.
+
+    Raises:
+      ValueError: `x_test` and `y_test` differ in length, or `precision` is unknown.
+    """
     correct = _at_precision(_correct, model, params, x_train, x_test, y_test, stats_images, eval_batch, precision)
     return float(correct) / x_test.shape[0]
 

@@ -23,14 +23,31 @@ def visit_axes(ndim: int, output_first: bool = True) -> tuple[int, ...]:
 
 
 def weight_order(shape: tuple[int, ...], output_first: bool = True) -> np.ndarray:
-    """Row-major flat indices of a parameter array in the order RSO visits them."""
+    """Row-major flat indices of a parameter array in the order RSO visits them.
+
+    Args:
+      shape: the array's shape (a kernel's last axis is its outputs).
+      output_first: visit a kernel by output channel, then input channel (the reference
+        code's); else by input channel first.
+
+    Returns:
+      int32[prod(shape)]: entry i is the flat index of the i-th weight visited.
+    """
     size = int(np.prod(shape, dtype=np.int64))
     flat = np.arange(size, dtype=np.int32).reshape(shape)
     return flat.transpose(visit_axes(len(shape), output_first)).ravel()
 
 
 def get_leaf(params: Mapping, path: str):
-    """The array at `a/b/c` in a nested dict of parameters."""
+    """The array at a path of a nested dict of parameters.
+
+    Args:
+      params: the nested dict.
+      path: keys joined by "/", such as `"stages_3/Conv_0/kernel"`.
+
+    Returns:
+      The array at `path`.
+    """
     node = params
     for part in path.split("/"):
         node = node[part]
@@ -38,7 +55,16 @@ def get_leaf(params: Mapping, path: str):
 
 
 def set_leaf(params: Mapping, path: str, value) -> dict:
-    """A new nested dict with the array at `path` replaced; the input is not modified."""
+    """A copy of a nested dict of parameters with the array at `path` replaced.
+
+    Args:
+      params: the nested dict; it is not modified.
+      path: keys joined by "/", such as `"stages_3/Conv_0/kernel"`.
+      value: the new array.
+
+    Returns:
+      A new nested dict sharing every other array with `params`.
+    """
     head, _, rest = path.partition("/")
     new = dict(params)
     new[head] = set_leaf(params[head], rest, value) if rest else value

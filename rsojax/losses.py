@@ -14,16 +14,13 @@ within about one ulp of the total whatever the batch size:
   (sequential).
 
 The bound, at batch 5000 late in training (ce ~ 0.02, total ~ 100, one float32 ulp of the
-total 7.6e-6): a few eps x total <= 4e-5 in the worst case, measured below one ulp
-(tests/test_losses.py). That is 800 times below the median gap 0.033 between the best two
-candidates (issue 11: measured on an NVIDIA H200 after 36 cycles) and below the float32
-forward pass's own error: its logits are off by about 3 ulps of the largest (measured here on
-`mnist_convnet` at initialisation, batch 5000), which moved the total by 4e-5 where the mean
-loss was 0.067; the usual float32 loss erred by 1.4e-4 on those logits, this one by 1.4e-5.
-Near-ties are then decided by the float32 network, as in the reference, not by the reduction.
-It costs about 0.17 ms more per weight's three candidate losses at batch 5000 on this 2-core
-CPU (0.21-0.23 -> 0.38-0.40 ms, the best of 7 runs): the dense head's whole evaluation goes
-from 0.36-0.40 to 0.45-0.48 ms, conv 6's (120-170 ms) does not change measurably.
+total 7.6e-6): a few eps x total <= 4e-5 in the worst case, within one ulp in practice
+(tests/test_losses.py, where a plain float32 sum of the same losses errs by more). That is far
+below the gap between the best two candidates late in training (a median of 0.033 on the
+paper's MNIST protocol, docs/results.md) and below the float32 forward pass's own error
+(logits off by a few ulps of the largest move the total by about 4e-5 at batch 5000), so
+near-ties are decided by the float32 network, as in the reference, not by the reduction. The extra
+arithmetic is a few vector operations per example, small against any network's forward pass.
 float64 logits take the same code, in float64.
 """
 

@@ -153,7 +153,14 @@ class Sequential(nn.Module):
         return x
 
     def layer_paths(self, kernels_only: bool = False) -> list[str]:
-        """The searched parameters in execution order of their stages."""
+        """The searched parameters in execution order of their stages.
+
+        Args:
+          kernels_only: only the kernels (conv and dense), not BN's gamma and beta.
+
+        Returns:
+          Parameter paths such as `"stages_0/Conv_0/kernel"`.
+        """
         return [
             f"stages_{i}/{leaf}"
             for i, stage in enumerate(self.stages)
@@ -162,7 +169,14 @@ class Sequential(nn.Module):
         ]
 
     def search_order(self, kernels_only: bool = False) -> list[str]:
-        """RSO's visiting order: last stage first, inside a stage its `searched` order."""
+        """RSO's visiting order: last stage first, inside a stage its `searched` order.
+
+        Args:
+          kernels_only: only the kernels (conv and dense), not BN's gamma and beta.
+
+        Returns:
+          Parameter paths, as `RSO`'s `layers` take them.
+        """
         return [
             f"stages_{i}/{leaf}"
             for i in reversed(range(len(self.stages)))
@@ -185,6 +199,17 @@ def mnist_convnet(channels: int = 16, classes: int = 10, global_pool: str = "max
     Six 3x3 convolutions without bias, 2x2 average pool after conv 2 and conv 4
     (28 -> 14 -> 7), BN after each, ReLU at the start of the next block, a global pool (max,
     as the reference code; "avg" as an option) and a dense layer 16 -> 10 without bias.
+
+    Args:
+      channels: output channels of every conv (16: the paper's network).
+      classes: outputs of the dense layer.
+      global_pool: "max" (the reference code's) or "avg".
+
+    Returns:
+      The network, taking (N, 28, 28, 1) images.
+
+    Raises:
+      ValueError: `global_pool` is unknown.
     """
     pools = (False, True, False, True, False, False)
     blocks = [ConvBlock(channels, pool=p, relu_in=i > 0) for i, p in enumerate(pools)]
@@ -195,7 +220,16 @@ def mnist_convnet(channels: int = 16, classes: int = 10, global_pool: str = "max
 def mlp(
     hidden: Sequence[int] = (32, 32), classes: int = 10, input_shape: tuple[int, ...] = (784,)
 ) -> Sequential:
-    """A small MLP: dense layers with bias and ReLU between them; inputs flattened."""
+    """A small MLP: dense layers with bias and ReLU between them; inputs flattened.
+
+    Args:
+      hidden: the widths of the hidden layers.
+      classes: outputs of the last layer.
+      input_shape: the shape of one example.
+
+    Returns:
+      The network.
+    """
     widths = (*hidden, classes)
     stages = tuple(DenseBlock(w, relu_in=i > 0) for i, w in enumerate(widths))
     return Sequential(stages=stages, input_shape=input_shape)
@@ -253,10 +287,15 @@ class ResidualNet(Sequential):
     The activation between two stages is a pytree (`ResidualBlock`): the block's input and, where
     a later addition reads it, the skip tensor. `start` and `stop` cut the network at any stage,
     so the cached evaluators and the reference's caching pass work as for the MNIST network.
+
+    Attributes:
+      stages: the stages in execution order; their parameters live under `stages_<i>`.
+      input_shape: the shape of one example, used to check data before work starts.
     """
 
     @property
     def global_pool(self) -> str:
+        """The head's global pool, "max" or "avg"."""
         return self.stages[-1].global_pool
 
 
@@ -271,9 +310,18 @@ def cifar10_resnet(channels: int = 16, classes: int = 10, global_pool: str = "ma
 
     Stage i - 1 is block i (`stages_8` is block 9, `stages_9` the head); the parameters of a
     block, its shortcut's too, live under its stage (`stages_4/Conv_0/kernel`,
-    `stages_4/shortcut_conv/kernel`), so they share one minibatch shuffle per cycle. (Before
-    the network was a chain of stages, the paths were `conv_5/kernel`, `shortcut_5/kernel`, ...;
-    the function, the parameter count and the search order of the units are unchanged.)
+    `stages_4/shortcut_conv/kernel`), so they share one minibatch shuffle per cycle.
+
+    Args:
+      channels: output channels of blocks 1-3, twice that from block 4 on (16: the paper's).
+      classes: outputs of the dense layer.
+      global_pool: "max" (the reference code's) or "avg".
+
+    Returns:
+      The network, taking (N, 32, 32, 3) images.
+
+    Raises:
+      ValueError: `global_pool` is unknown.
     """
     widths = tuple(channels * m for m in (1, 1, 1, 2, 2, 2, 2, 2, 2))
     targets = range(3, len(widths) + 1, 2)  # the blocks that add the output of block i - 2

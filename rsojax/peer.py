@@ -21,7 +21,7 @@ import optax
 from rsojax.data import Dataset
 from rsojax.evaluation import accuracy
 from rsojax.losses import summed_cross_entropy
-from rsojax.train import Step, init_params
+from rsojax.train import INIT_SEED, SEED, Step, init_params
 
 
 def strategies() -> dict:
@@ -62,8 +62,8 @@ def run_es(
     sigma: float = 0.02,
     learning_rate: float = 0.01,
     records: int = 20,
-    seed: int = 72,
-    init_seed: int = 420,
+    seed: int = SEED,
+    init_seed: int = INIT_SEED,
 ) -> Iterator[Step]:
     """Runs an ES from the model's initial parameters until `images` images are forwarded.
 

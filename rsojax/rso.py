@@ -103,28 +103,53 @@ class RSOConfig:
 
 @flax.struct.dataclass
 class RSOState:
-    """Everything RSO needs to continue: a pytree, so it jits, saves and restores as one."""
+    """Everything RSO needs to continue: a pytree, so it jits, saves and restores as one.
+
+    Attributes:
+      params: the network's parameters.
+      sigmas: layer path -> sigma_d before the anneal.
+      key: the draws of dw, keyed by (cycle, layer, weight position).
+      data_key: the minibatch stream, keyed by (cycle, block) (`rsojax.sampling`).
+      cycle: int32, the current cycle, 0-based.
+      n_examples: the training set's size (static).
+    """
 
     params: dict
-    sigmas: dict  # layer path -> sigma_d before the anneal
-    key: jax.Array  # draws of dw, keyed by (cycle, layer, weight position)
-    data_key: jax.Array  # the minibatch stream, keyed by (cycle, block) (`rsojax.sampling`)
-    cycle: jax.Array  # int32, 0-based
-    n_examples: int = flax.struct.field(pytree_node=False, default=0)  # the training set's size
+    sigmas: dict
+    key: jax.Array
+    data_key: jax.Array
+    cycle: jax.Array
+    n_examples: int = flax.struct.field(pytree_node=False, default=0)
 
 
 @flax.struct.dataclass
 class SweepMetrics:
-    """Counts and loss sums over the weights of a sweep (or of a chunk of one)."""
+    """Counts and loss sums over the weights of a sweep (or of a chunk of one); `+` adds two.
+
+    Attributes:
+      weights: int32, the weights visited.
+      accepted: int32, those set to w' + dw or w' - dw.
+      nonfinite: int32, those whose three losses were all non-finite (left unchanged).
+      loss_before: the sum of the loss at w' over the weights with a finite choice.
+      loss_after: the sum of the chosen loss over the same weights.
+    """
 
     weights: jax.Array
-    accepted: jax.Array  # w' + dw or w' - dw chosen
-    nonfinite: jax.Array  # all three losses non-finite: weight left unchanged
-    loss_before: jax.Array  # sum of the loss at w' over the weights with a finite choice
-    loss_after: jax.Array  # sum of the chosen loss over the same weights
+    accepted: jax.Array
+    nonfinite: jax.Array
+    loss_before: jax.Array
+    loss_after: jax.Array
 
     @classmethod
-    def zeros(cls, dtype):
+    def zeros(cls, dtype) -> "SweepMetrics":
+        """The metrics of no weight.
+
+        Args:
+          dtype: the dtype of the loss sums (the parameters').
+
+        Returns:
+          Zero counts and zero sums.
+        """
         count, loss = jnp.zeros((), jnp.int32), jnp.zeros((), dtype)
         return cls(weights=count, accepted=count, nonfinite=count, loss_before=loss, loss_after=loss)
 
@@ -133,7 +158,14 @@ class SweepMetrics:
 
 
 def choose(losses_3: jax.Array) -> jax.Array:
-    """The candidate to keep: the first lowest finite loss; -1 if none is finite."""
+    """The candidate to keep: the first lowest finite loss.
+
+    Args:
+      losses_3: the losses of w', w' + dw, w' - dw.
+
+    Returns:
+      The index of the first lowest finite loss; -1 if none is finite.
+    """
     finite = jnp.isfinite(losses_3)
     best = jnp.argmin(jnp.where(finite, losses_3, jnp.inf))
     return jnp.where(finite.any(), best, -1)
@@ -161,6 +193,10 @@ def check_data(data, example_shape: tuple[int, ...] | None) -> int:
 class RSO:
     """The RSO trainer over one evaluator and an explicit layer order.
 
+    Layers whose paths share their first component (`stages_3/Conv_0/kernel` and
+    `stages_3/BatchNorm_0/bias`) form a block: they share one shuffle of the training set per
+    cycle, as the reference code's conv block does (`rsojax.sampling`).
+
     Args:
       evaluator: computes candidate losses (`rsojax.evaluators`: `Incremental`, `Cached`, ...).
       layers: parameter paths (`"stages_6/Dense_0/kernel"`) in the order they are visited.
@@ -168,9 +204,10 @@ class RSO:
       mesh: a `jax.sharding.Mesh` with a 'data' axis (`rsojax.sharding.make_mesh`): each
         minibatch is split over its devices, state and data are replicated (None: one device).
 
-    Layers whose paths share their first component (`stages_3/Conv_0/kernel` and
-    `stages_3/BatchNorm_0/bias`) form a block: they share one shuffle of the training set per
-    cycle, as the reference code's conv block does (`rsojax.sampling`).
+    Raises:
+      ValueError: `layers` is empty, the batch does not split over the mesh, or the
+        granularity needs an evaluator that is `parallel_safe`.
+      TypeError: `layers` is not a list of paths.
     """
 
     def __init__(self, evaluator: Evaluator, layers: Sequence[str], config: RSOConfig = RSOConfig(), mesh=None):
@@ -196,7 +233,21 @@ class RSO:
         self._sweep = jax.jit(self._sweep_impl, static_argnames=("path",), **placed)
 
     def init(self, params, key: jax.Array, data) -> RSOState:
-        """The state before the first cycle; validates parameters, layers and data."""
+        """The state before the first cycle.
+
+        Args:
+          params: the network's initial parameters.
+          key: a PRNG key; it seeds the draws of dw and the minibatch stream.
+          data: the training set `(x, y)`.
+
+        Returns:
+          The state at cycle 0, with each layer's sigma_d.
+
+        Raises:
+          ValueError: a layer is not in `params`, or the data are malformed or smaller than
+            a batch.
+          TypeError: a searched layer is not floating point, or `data` is not a pair.
+        """
         check_layers(params, self.layers)
         n = check_data(data, self.evaluator.example_shape)
         if self.config.batch_size > n:
@@ -213,11 +264,28 @@ class RSO:
         return replicate(state, self.mesh)
 
     def n_weights(self, state: RSOState, path: str) -> int:
+        """The number of weights of layer `path`.
+
+        Args:
+          state: the state holding the parameters.
+          path: the layer.
+
+        Returns:
+          The size of the layer's parameter array.
+        """
         return get_leaf(state.params, path).size
 
     def chunk(self, chunk_size: int | None, n: int) -> int:
-        """Weights per compiled sweep call for a layer of `n`: `chunk_size` (default all); a
-        parallel granularity searches against the layer's starting point, so always all."""
+        """Weights per compiled sweep call for a layer.
+
+        Args:
+          chunk_size: the weights asked for per call (None or 0: all).
+          n: the layer's number of weights.
+
+        Returns:
+          `chunk_size`, or `n` when none is asked for or a parallel granularity searches the
+          layer against its starting point (all at once).
+        """
         return chunk_size if chunk_size and self.config.granularity == "weight" else n
 
     def _check(self, state: RSOState, data, path: str):
@@ -228,8 +296,20 @@ class RSO:
             raise ValueError(f"path: {path!r} is not one of the layers {list(self.layers)}")
 
     def prepare(self, state: RSOState, data, path: str, previous=None):
-        """The evaluator's context for sweeping `path` from `state` (for example, cached layer
-        inputs); `previous`, the context prepared before, lets it reuse what is still valid."""
+        """The evaluator's context for sweeping a layer (for example, cached layer inputs).
+
+        Args:
+          state: the state the sweep starts from.
+          data: the training set `(x, y)` the state was initialised with.
+          path: the layer.
+          previous: the context prepared before, if any; what is still valid is reused.
+
+        Returns:
+          The context to pass to `sweep`.
+
+        Raises:
+          ValueError: `data` is not the state's training set, or `path` is not searched.
+        """
         self._check(state, data, path)
         return self._prepare(state, replicate(data, self.mesh), path, previous)
 
@@ -238,16 +318,38 @@ class RSO:
             return self.evaluator.prepare(state.params, path, data, previous)
 
     def sweep(self, state: RSOState, ctx, path: str, start: int = 0, stop: int | None = None):
-        """Visits weights `start` to `stop - 1` (visit positions) of layer `path`.
+        """Visits the weights at visit positions `start` to `stop - 1` of a layer, compiled.
+
+        Args:
+          state: the state to start from.
+          ctx: the context `prepare` gave for this state and layer.
+          path: the layer.
+          start: the first visit position.
+          stop: one past the last (None: the layer's end).
 
         Returns:
           The new state and the `SweepMetrics` of these weights.
+
+        Raises:
+          ValueError: the range is outside the layer, or a parallel granularity is given
+            less than the whole layer.
         """
         with precision_scope(self.config.precision):
             return self._sweep(state, ctx, *self._range(state, path, start, stop), path=path)
 
     def lower(self, state: RSOState, ctx, path: str, start: int = 0, stop: int | None = None) -> jax.stages.Lowered:
-        """The sweep of `sweep(state, ctx, path, start, stop)` lowered as it runs (to inspect its HLO)."""
+        """The sweep `sweep` would run, lowered (to inspect its HLO).
+
+        Args:
+          state: the state to start from.
+          ctx: the context `prepare` gave for this state and layer.
+          path: the layer.
+          start: the first visit position.
+          stop: one past the last (None: the layer's end).
+
+        Returns:
+          The lowered computation, as `jax.jit(...).lower` gives it.
+        """
         with precision_scope(self.config.precision):
             return self._sweep.lower(state, ctx, *self._range(state, path, start, stop), path=path)
 
@@ -263,14 +365,26 @@ class RSO:
     def chunks(
         self, state: RSOState, data, path: str, start: int = 0, chunk_size: int | None = None, ctx=None
     ) -> Iterator[tuple[RSOState, "SweepMetrics", int, object]]:
-        """Sweeps layer `path` from visit position `start` to its end in compiled chunks of
-        `chunk_size` weights (all at once by default), yielding `(state, metrics, stop, ctx)`
-        after each: the state after the chunk, the chunk's metrics, the next position, and the
-        context it used (pass it as `ctx` to the next layer's `chunks`, so that caches still
-        valid are reused).
+        """Sweeps a layer to its end in compiled chunks, one chunk per step of the iterator.
 
         Each chunk starts from a context prepared for its own state, so a run resumed at a
         chunk boundary computes exactly what the uninterrupted run did.
+
+        Args:
+          state: the state to start from.
+          data: the training set `(x, y)` the state was initialised with.
+          path: the layer.
+          start: the visit position to start at.
+          chunk_size: weights per compiled call (None: the whole layer at once).
+          ctx: the context prepared before (for example, the previous layer's last), so that
+            caches still valid are reused.
+
+        Yields:
+          `(state, metrics, stop, ctx)` after each chunk: the state after it, its metrics, the
+          next visit position, and the context it used (pass it on as the next `ctx`).
+
+        Raises:
+          ValueError: `data` is not the state's training set, or `path` is not searched.
         """
         self._check(state, data, path)
         data = replicate(data, self.mesh)
@@ -282,32 +396,58 @@ class RSO:
             state, metrics = self.sweep(state, ctx, path, pos, stop)
             yield state, metrics, stop, ctx
 
-    def layer(self, state: RSOState, data, path: str, chunk_size: int | None = None):
-        """Sweeps a whole layer (`chunks`); returns the new state and the layer's metrics."""
-        metrics = SweepMetrics.zeros(get_leaf(state.params, path).dtype)
-        for state, m, _, _ in self.chunks(state, data, path, chunk_size=chunk_size):
-            metrics = metrics + m
-        return state, metrics
+    def layer(self, state: RSOState, data, path: str, chunk_size: int | None = None) -> tuple[RSOState, SweepMetrics]:
+        """Sweeps a whole layer (`chunks`).
 
-    def cycle(self, state: RSOState, data, chunk_size: int | None = None):
-        """One cycle: every layer in order; then the cycle counter advances.
+        Args:
+          state: the state to start from.
+          data: the training set `(x, y)` the state was initialised with.
+          path: the layer.
+          chunk_size: weights per compiled call (None: the whole layer at once).
 
         Returns:
-          The new state and a list of (path, SweepMetrics).
+          The new state and the layer's metrics.
+        """
+        state, metrics, _ = self._whole_layer(state, data, path, chunk_size, None)
+        return state, metrics
+
+    def cycle(self, state: RSOState, data, chunk_size: int | None = None) -> tuple[RSOState, list]:
+        """One cycle: every layer in order; then the cycle counter advances.
+
+        Args:
+          state: the state to start from.
+          data: the training set `(x, y)` the state was initialised with.
+          chunk_size: weights per compiled call (None: each layer at once).
+
+        Returns:
+          The new state and a list of (path, SweepMetrics), one per layer.
         """
         results, ctx = [], None
         for path in self.layers:
-            metrics = SweepMetrics.zeros(get_leaf(state.params, path).dtype)
-            for state, m, _, ctx in self.chunks(state, data, path, chunk_size=chunk_size, ctx=ctx):
-                metrics = metrics + m
+            state, metrics, ctx = self._whole_layer(state, data, path, chunk_size, ctx)
             results.append((path, metrics))
         return state.replace(cycle=state.cycle + 1), results
 
-    def draws(self, state: RSOState, path: str):
-        """What RSO draws for layer `path` this cycle: `(order, dw, batch)`, the visit order
-        (row-major flat indices) and, for visit position `i` (may be traced), `dw(i)` and the
-        minibatch `batch(i)`. Keyed by the position, so every granularity (and
-        `rsojax.diagnostics`) gives a weight the same draws."""
+    def _whole_layer(self, state, data, path, chunk_size, ctx):
+        """`chunks` to the layer's end, metrics summed; the last context is passed on."""
+        metrics = SweepMetrics.zeros(get_leaf(state.params, path).dtype)
+        for state, m, _, ctx in self.chunks(state, data, path, chunk_size=chunk_size, ctx=ctx):
+            metrics = metrics + m
+        return state, metrics, ctx
+
+    def draws(self, state: RSOState, path: str) -> tuple:
+        """What RSO draws for a layer this cycle, keyed by visit position, so every
+        granularity (and `rsojax.diagnostics`) gives a weight the same draws.
+
+        Args:
+          state: the state (its keys, cycle and sigmas).
+          path: the layer.
+
+        Returns:
+          `(order, dw, batch)`: the visit order (row-major flat indices), and functions of a
+          visit position `i` (may be traced) giving its perturbation `dw(i)` and the indices
+          of its minibatch `batch(i)`.
+        """
         cfg = self.config
         leaf = get_leaf(state.params, path)
         order = jnp.asarray(weight_order(leaf.shape, cfg.output_first))

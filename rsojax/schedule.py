@@ -12,13 +12,31 @@ import jax.numpy as jnp
 
 
 def layer_sigma(shape: tuple[int, ...], scale: float = 1.0, vector_sigma: float = 0.167) -> float:
-    """sigma_d of a parameter array: Kaiming std for kernels (last axis = outputs)."""
+    """sigma_d of a parameter array, before the anneal.
+
+    Args:
+      shape: the array's shape (a kernel's last axis is its outputs).
+      scale: a factor on every layer's sigma.
+      vector_sigma: sigma of a vector parameter (BN gamma and beta), before `scale`.
+
+    Returns:
+      scale * sqrt(2 / fan_in) for a kernel, scale * vector_sigma for a vector.
+    """
     if len(shape) < 2:
         return scale * vector_sigma
     fan_in = math.prod(shape[:-1])
     return scale * math.sqrt(2.0 / fan_in)
 
 
-def anneal(cycle, cycles: int, floor: float = 0.1):
-    """The factor on sigma_d at cycle `cycle` (0-based, may be traced) of `cycles`."""
+def anneal(cycle, cycles: int, floor: float = 0.1) -> jnp.ndarray:
+    """The factor on sigma_d at a cycle: a linear anneal from 1 to just above `floor`.
+
+    Args:
+      cycle: the cycle, 0-based (may be traced).
+      cycles: the run's number of cycles.
+      floor: the factor's limit at the last cycle.
+
+    Returns:
+      floor + (1 - floor) * (cycles - cycle) / cycles.
+    """
     return floor + (1.0 - floor) * (cycles - jnp.asarray(cycle)) / cycles

@@ -25,39 +25,86 @@ from rsojax.models import Sequential
 from rsojax.rso import RSO, RSOConfig, RSOState, SweepMetrics
 from rsojax.sharding import replicate
 
+# The defaults of every entry point (`run_rso`, `run_sgd`, `rsojax.peer.run_es`, the
+# experiment's config and the command lines): the reference code's seeds, and the weights per
+# compiled RSO call (a checkpoint can fall between two calls).
+SEED = 72  # the reference code's sampling seed: the draws of dw and the minibatch stream
+INIT_SEED = 420  # the reference code's parameter initialisation seed
+CHUNK_SIZE = 576  # weights per compiled RSO call
+
 
 @flax.struct.dataclass
 class RSORun:
-    """Where an RSO run stands: the engine state and the position inside the cycle."""
+    """Where an RSO run stands: the engine state and the position inside the cycle.
+
+    Attributes:
+      state: the engine's state.
+      layer: int32, the index of the current layer in the layer order.
+      weight: int32, the next visit position inside that layer.
+      partial: the metrics of that layer so far.
+    """
 
     state: RSOState
-    layer: jax.Array  # index into the layer order
-    weight: jax.Array  # next visit position inside that layer
-    partial: SweepMetrics  # the metrics of that layer so far
+    layer: jax.Array
+    weight: jax.Array
+    partial: SweepMetrics
 
 
 @flax.struct.dataclass
 class SGDRun:
+    """Where an SGD run stands.
+
+    Attributes:
+      params: the parameters.
+      opt_state: the optax optimizer's state.
+      epoch: int32, the epochs completed.
+    """
+
     params: Any
     opt_state: Any
-    epoch: jax.Array  # epochs completed
+    epoch: jax.Array
 
 
 class Step(NamedTuple):
-    run: Any  # RSORun or SGDRun
+    """What a training generator yields: the run's whole position, from which it resumes.
+
+    Attributes:
+      run: an `RSORun` or an `SGDRun`.
+      weight_updates: weight updates so far (RSO: weights visited; SGD: parameters times steps).
+      wall_time_s: training time so far, in seconds (test evaluation is not counted).
+      record: set when a layer sweep (RSO) or an epoch (SGD) has just finished: the line
+        `metrics.jsonl` gets.
+    """
+
+    run: Any
     weight_updates: int
-    wall_time_s: float  # training time only: test evaluation is not counted
-    record: dict | None = None  # set when a layer sweep (RSO) or an epoch (SGD) has finished
+    wall_time_s: float
+    record: dict | None = None
 
 
-def init_params(model: Sequential, seed: int = 420):
-    """Model parameters from `seed` (the reference code initialises with seed 420)."""
+def init_params(model: Sequential, seed: int = INIT_SEED):
+    """A model's initial parameters.
+
+    Args:
+      model: the network.
+      seed: the initialisation seed (the reference code's by default).
+
+    Returns:
+      The `params` collection.
+    """
     return model.init(jax.random.key(seed), np.zeros((1, *model.input_shape), np.float32), train=True)["params"]
 
 
 def params_sha256(params) -> str:
-    """sha256 over the parameters' bytes: leaves in `jax.tree.leaves` order (sorted dict keys),
-    each as its C-order bytes in its own dtype."""
+    """A fingerprint of parameter values, to tell whether two runs ended identically.
+
+    Args:
+      params: a pytree of arrays.
+
+    Returns:
+      The hex sha256 of the leaves' bytes in `jax.tree.leaves` order (sorted dict keys),
+      each as its C-order bytes in its own dtype.
+    """
     digest = hashlib.sha256()
     for leaf in jax.tree.leaves(params):
         digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
@@ -67,15 +114,40 @@ def params_sha256(params) -> str:
 def rso_trainer(
     model: Sequential, config: RSOConfig, evaluator: Evaluator | None = None, kernels_only: bool = False, mesh=None
 ) -> RSO:
-    """An `RSO` over `model.search_order()`; by default with the fastest exact evaluator that
-    supports the config's granularity (`rsojax.evaluators.default_evaluator`)."""
+    """An `RSO` over the model's search order.
+
+    Args:
+      model: the network.
+      config: RSO's hyperparameters.
+      evaluator: how candidate losses are computed; default: the fastest exact evaluator that
+        supports the config's granularity (`rsojax.evaluators.default_evaluator`).
+      kernels_only: search the kernels only, not BN's gamma and beta.
+      mesh: devices each minibatch is split over (`rsojax.sharding.make_mesh`; None: one).
+
+    Returns:
+      The trainer.
+
+    Raises:
+      ValueError: no evaluator supports the granularity, or the evaluator given does not.
+    """
     if evaluator is None:
         evaluator = default_evaluator(model, config.granularity)
     return RSO(evaluator, model.search_order(kernels_only), config, mesh=mesh)
 
 
-def start_rso(rso: RSO, model: Sequential, data: Dataset, seed: int = 72, init_seed: int = 420) -> Step:
-    """The step before any work: fresh parameters from `init_seed`, the draws keyed by `seed`."""
+def start_rso(rso: RSO, model: Sequential, data: Dataset, seed: int = SEED, init_seed: int = INIT_SEED) -> Step:
+    """The step before any work of an RSO run.
+
+    Args:
+      rso: the trainer.
+      model: the network `rso` searches.
+      data: the dataset.
+      seed: the sampling seed: the draws of dw and the minibatch stream.
+      init_seed: the parameter initialisation seed.
+
+    Returns:
+      A `Step` at cycle 0 with fresh parameters, to pass to `run_rso` as `start`.
+    """
     state = rso.init(init_params(model, init_seed), jax.random.key(seed), (data.x_train, data.y_train))
     metrics = SweepMetrics.zeros(jax.tree.leaves(state.params)[0].dtype)
     return Step(RSORun(state=state, layer=jnp.int32(0), weight=jnp.int32(0), partial=metrics), 0, 0.0)
@@ -87,14 +159,28 @@ def run_rso(
     data: Dataset,
     start: Step | None = None,
     *,
-    seed: int = 72,
-    init_seed: int = 420,
-    chunk_size: int = 576,
+    seed: int = SEED,
+    init_seed: int = INIT_SEED,
+    chunk_size: int = CHUNK_SIZE,
     on_chunk: Callable[[int, int], None] | None = None,
 ) -> Iterator[Step]:
-    """Runs RSO from `start` (default: a fresh start from the seeds) to the end of
-    `rso.config.cycles`, yielding after every chunk of `chunk_size` weights; the step that
-    ends a layer sweep carries its record. With `rso.mesh`, data and state are replicated on it."""
+    """Runs RSO to the end of `rso.config.cycles`, yielding after every compiled chunk.
+
+    Args:
+      rso: the trainer (with `rso.mesh`, data and state are replicated on it).
+      model: the network `rso` searches (for test accuracy).
+      data: the dataset.
+      start: the step to continue from (a `Step` yielded before, or restored); default: a
+        fresh start from the seeds (`start_rso`).
+      seed: the sampling seed of a fresh start.
+      init_seed: the initialisation seed of a fresh start.
+      chunk_size: weights per compiled call; a run can be saved and resumed between two.
+      on_chunk: called as `on_chunk(done, total)` with the weights of the layer done so far.
+
+    Yields:
+      A `Step` after every chunk; the step that ends a layer sweep carries its record (cycle,
+      layer, counts, mean batch losses, test accuracy, weight updates, training time).
+    """
     data = replicate(data, rso.mesh)
     config, train = rso.config, (data.x_train, data.y_train)
     start = start or start_rso(rso, model, data, seed, init_seed)
@@ -141,7 +227,17 @@ def _sweep_record(rso, model, data, state, layer, m: SweepMetrics, updates, wall
     }
 
 
-def start_sgd(model: Sequential, optimizer: optax.GradientTransformation, init_seed: int = 420) -> Step:
+def start_sgd(model: Sequential, optimizer: optax.GradientTransformation, init_seed: int = INIT_SEED) -> Step:
+    """The step before any work of an SGD run.
+
+    Args:
+      model: the network.
+      optimizer: the optax optimizer.
+      init_seed: the parameter initialisation seed.
+
+    Returns:
+      A `Step` at epoch 0 with fresh parameters, to pass to `run_sgd` as `start`.
+    """
     params = init_params(model, init_seed)
     return Step(SGDRun(params=params, opt_state=optimizer.init(params), epoch=jnp.int32(0)), 0, 0.0)
 
@@ -154,15 +250,35 @@ def run_sgd(
     *,
     epochs: int,
     batch_size: int = 128,
-    seed: int = 72,
-    init_seed: int = 420,
+    seed: int = SEED,
+    init_seed: int = INIT_SEED,
     mesh=None,
     precision: str = "float32",
 ) -> Iterator[Step]:
-    """Runs SGD from `start` (default: fresh parameters from `init_seed`) to `epochs` epochs,
-    yielding a step with a record per epoch; data-parallel over `mesh` if given. Test
-    accuracy is computed at `precision` (`rsojax.precision`), as RSO's; the training steps
-    use JAX's default precision, as gradient training usually does."""
+    """Runs gradient training (the baseline) to `epochs` epochs, yielding after each.
+
+    The training steps use JAX's default precision, as gradient training usually does; test
+    accuracy is computed at `precision`, as RSO's.
+
+    Args:
+      model: the network.
+      data: the dataset.
+      optimizer: the optax optimizer.
+      start: the step to continue from; default: fresh parameters (`start_sgd`).
+      epochs: the epoch to stop after.
+      batch_size: examples per step (the last partial batch of an epoch is dropped).
+      seed: the seed of each epoch's shuffle.
+      init_seed: the initialisation seed of a fresh start.
+      mesh: devices each minibatch is split over (None: one).
+      precision: of test evaluation, a name of `rsojax.precision.PRECISIONS`.
+
+    Yields:
+      A `Step` per epoch with its record (epoch, mean training loss, test accuracy, weight
+      updates, training time).
+
+    Raises:
+      ValueError: `batch_size` is not in 1..N.
+    """
     from rsojax.sgd import make_epoch
 
     start = start or start_sgd(model, optimizer, init_seed)

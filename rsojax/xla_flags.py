@@ -11,9 +11,9 @@ import os
 
 RECOMMENDED = {
     # On Hopper GPUs XLA hands cuDNN float32 convolutions in NHWC, and cuDNN's float32
-    # kernels run in NCHW, transposing on the way in and out (12 transposes per conv-2 weight
-    # at batch 5000, 0.66 of its 2.97 ms, in a profile). NCHW throughout: one MNIST cycle at
-    # batch 5000, float32, 15.6 -> 13.9 s on an H200 (`experiments/benchmark.py`, README).
+    # kernels run in NCHW, transposing on the way in and out (a fifth of a conv-2 weight's
+    # time at batch 5000, in a profile); NCHW throughout saves those transposes (the
+    # measurement: docs/gpus.md).
     "xla_gpu_force_conv_nchw": "true",
 }
 

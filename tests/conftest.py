@@ -26,8 +26,7 @@ os.environ |= {
 import jax  # noqa: E402
 
 # The suite is mostly XLA compiling small programs, and XLA:CPU's older loop emitters compile
-# them about 20% faster than its default fusion emitters (test_evaluators' cycle test: 32 -> 25 s;
-# the sweeps run as fast either way). Tests compare results computed under the same flags, or
+# them faster than its default fusion emitters (the sweeps run as fast either way). Tests compare results computed under the same flags, or
 # with float64 references at a tolerance, so the emitters do not decide them. An unknown XLA
 # flag aborts the process, so the flag is set only for the jax versions known to have it.
 _LEGACY_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
@@ -49,6 +48,7 @@ import pytest  # noqa: E402
 
 import rsojax  # noqa: E402
 from rsojax.records import read_records  # noqa: E402
+from rsojax.train import INIT_SEED  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,7 +60,7 @@ def random_data(n, example_shape, key=0, dtype=jnp.float64):
     return x, y
 
 
-def init_params(model, x, seed=420, dtype=jnp.float64):
+def init_params(model, x, seed=INIT_SEED, dtype=jnp.float64):
     params = model.init(jax.random.key(seed), x[:2], train=True)["params"]
     return jax.tree.map(lambda a: a.astype(dtype), params)
 

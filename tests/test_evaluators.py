@@ -61,7 +61,7 @@ def test_caching_pass_uses_the_statistics_of_the_first_training_images():
 def test_caching_passes_hold_their_outputs_and_one_pass():
     """The caching pass and `Incremental`'s conv cache write each pass in place into their
     channel-major outputs: the compiled programs' temporaries are one pass, the same for 64
-    and 256 examples (stacking the passes and transposing them grew with the examples: 4x)."""
+    and 256 examples (a stacked or transposed copy of the passes would grow with them)."""
     model, params, (x, y) = small_net(channels=2, n=256)
     kernel = params["stages_1"]["Conv_0"]["kernel"]
 

@@ -20,6 +20,7 @@ import rsojax
 from rsojax import experiment
 from rsojax.checkpoint import Checkpointer
 from rsojax.experiment import ExperimentConfig, SGDConfig, UsageError
+from rsojax.experiment.run import Progress
 from rsojax.records import read_records
 from rsojax.train import SGDRun, params_sha256, start_rso, start_sgd
 
@@ -298,7 +299,7 @@ def test_flags_set_the_config_fields():
 
 
 def test_progress_is_a_line_every_interval_when_not_a_terminal(capsys):
-    progress = experiment.Progress(total=1000, done=100, every_s=3600.0)
+    progress = Progress(total=1000, done=100, every_s=3600.0)
     progress.last_line -= 3600  # an interval has passed
     progress.update(400, "cycle 1/2, stages_1/Conv_0/kernel")
     progress.update(500, "cycle 1/2, stages_1/Conv_0/kernel")  # within the interval: quiet

@@ -10,9 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import init_params, random_data
+from test_rso import reference_loss, reference_sweep
 
 import rsojax
 from rsojax.evaluators import Incremental
+from rsojax.rso import choose
 from rsojax.sampling import batch_at, block_permutation
 from rsojax.schedule import anneal
 
@@ -59,8 +61,8 @@ def test_float32_decisions_agree_with_cached():
         w_decayed = flat[j] * (1 - cfg.weight_decay)
         values_3 = jnp.stack([w_decayed, w_decayed + dw, w_decayed - dw])
         ctx_i = incremental.refresh(ctx_i, params, path, j)
-        choice_c = rsojax.choose(cached.losses(ctx_c, params, path, j, values_3, idx_B))
-        choice_i = rsojax.choose(incremental.losses(ctx_i, params, path, j, values_3, idx_B))
+        choice_c = choose(cached.losses(ctx_c, params, path, j, values_3, idx_B))
+        choice_i = choose(incremental.losses(ctx_i, params, path, j, values_3, idx_B))
         new = values_3[choice_c]
         params = rsojax.set_leaf(params, path, flat.at[j].set(new).reshape(leaf.shape))
         return params, ctx_i, choice_c == choice_i
@@ -133,11 +135,18 @@ def test_shift_layouts_give_the_same_losses(path):
     np.testing.assert_allclose(first, last, rtol=1e-13, atol=0)
 
 
-def test_other_models_fall_back_and_bad_model_raises(small_mlp):
+def test_other_models_match_the_literal_reference_and_bad_model_raises(small_mlp):
+    """Stages without a 3x3 conv (an MLP's) take the literal float64 reference's decisions."""
     model, params, data = small_mlp
-    rso_c, rso_i = (make_rso(e(model), model.search_order()[:2], 8) for e in (rsojax.Cached, Incremental))
-    results = [rso.cycle(rso.init(params, jax.random.key(0), data), data)[0].params for rso in (rso_c, rso_i)]
-    for a, b in zip(*map(jax.tree.leaves, results)):
-        np.testing.assert_array_equal(a, b)
+    rso = make_rso(Incremental(model), model.search_order(), 8)
+    state = rso.init(params, jax.random.key(0), data).replace(cycle=jnp.int32(1))
+    moved = 0
+    for path in ("stages_1/Dense_0/kernel", "stages_0/Dense_0/bias"):
+        expected_leaf, choices = reference_sweep(reference_loss(model, path, data[0]), rso, state, data, path)
+        new, metrics = rso.layer(state, data, path)
+        np.testing.assert_allclose(rsojax.get_leaf(new.params, path), expected_leaf, rtol=0, atol=1e-10)
+        assert int(metrics.accepted) == sum(c > 0 for c in choices)
+        moved += int(metrics.accepted)
+    assert moved > 0
     with pytest.raises(ValueError, match="model: Incremental needs a rsojax.Sequential"):
         Incremental(lambda p, x: x)

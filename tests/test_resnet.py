@@ -15,6 +15,7 @@ from rsojax.evaluators import EVALUATORS, StageInputs, applicable, default_evalu
 from rsojax.evaluators.incremental import ConvContext
 from rsojax.evaluators.stage_inputs import batch_major, stage_inputs
 from rsojax.models import stage_of
+from rsojax.rso import choose
 from rsojax.sampling import batch_at, block_permutation
 from rsojax.schedule import anneal
 
@@ -229,7 +230,7 @@ def test_float32_evaluators_agree():
         values_3 = jnp.stack([w, w + dw, w - dw])
         idx_B = batch_at(perm_N, i, cfg.batch_size)
         ctxs = [e.refresh(c, params, path, j) for e, c in zip(evaluators, ctxs)]
-        choices = jnp.stack([rsojax.choose(e.losses(c, params, path, j, values_3, idx_B)) for e, c in zip(evaluators, ctxs)])
+        choices = jnp.stack([choose(e.losses(c, params, path, j, values_3, idx_B)) for e, c in zip(evaluators, ctxs)])
         params = rsojax.set_leaf(params, path, leaf.ravel().at[j].set(values_3[choices[-1]]).reshape(leaf.shape))
         return params, ctxs, choices
 

@@ -10,6 +10,7 @@ from conftest import random_data
 
 import rsojax
 from rsojax.models import Sequential, stage_of
+from rsojax.rso import choose
 from rsojax.schedule import anneal
 
 
@@ -70,8 +71,8 @@ def reference_sweep(loss_fn, rso, state, data, path, unit=unit_normal, threads=N
     positions, each run from the layer's starting point, then merged (the parallel schemes);
     default: one thread of every position in order.
 
-    Returns the final leaf and the chosen candidate per weight (0: w', 1: w'+dw, 2: w'-dw,
-    -1: unchanged because no loss was finite).
+    Returns the final leaf and the chosen candidate per visited weight, in visit order (0: w',
+    1: w'+dw, 2: w'-dw, -1: unchanged because no loss was finite).
     """
     cfg = rso.config
     x, y = data
@@ -101,7 +102,7 @@ def reference_sweep(loss_fn, rso, state, data, path, unit=unit_normal, threads=N
                 current[pos] = candidates[best]
             choices[i] = best
             merged[pos] = current[pos]
-    return merged, [choices[i] for i in range(len(positions))]
+    return merged, [choices[i] for i in sorted(choices)]
 
 
 def engine_choices(rso, state, data, path):
@@ -164,15 +165,28 @@ def test_sweep_matches_literal_reference(model_name, evaluator_kind, paths, smal
     assert {1, 2} <= seen  # both perturbations were taken somewhere (ties to w' are tested below)
 
 
-def test_loss_never_increases_and_other_layers_untouched(small_convnet):
+def test_metrics_are_the_losses_of_the_kept_values(small_convnet):
+    """Each weight's `loss_before` is the literal float64 loss at w' = w * (1 - weight_decay)
+    and its `loss_after` the literal loss of the parameters the sweep kept, both on the
+    weight's own batch; only the searched layer changes."""
     model, params, data = small_convnet
     rso = make_rso(model, "cached", 16)
     state = rso.init(params, jax.random.key(2), data)
     path = "stages_3/Conv_0/kernel"
-    ctx = rso.prepare(state, data, path)
-    for i in range(rsojax.get_leaf(params, path).size):
+    loss = reference_loss(model, path, data[0])
+    positions = literal_positions(rsojax.get_leaf(params, path).shape)
+    batches = reference_batches(rso, state, path, len(positions))
+    ctx = rso.prepare(state, data, path)  # Cached: valid for every weight of the layer
+    accepted = 0
+    for i, (pos, idx) in enumerate(zip(positions, batches)):
+        batch = (data[0][idx], data[1][idx])
+        leaf = rsojax.get_leaf(state.params, path)
+        decayed = rsojax.set_leaf(state.params, path, leaf.at[pos].multiply(1 - rso.config.weight_decay))
         state, m = rso.sweep(state, ctx, path, i, i + 1)
-        assert float(m.loss_after) <= float(m.loss_before)
+        assert float(m.loss_before) == pytest.approx(float(loss(decayed, batch)), rel=1e-10), i
+        assert float(m.loss_after) == pytest.approx(float(loss(state.params, batch)), rel=1e-10), i
+        accepted += int(m.accepted)
+    assert accepted > 0  # some weights moved: loss_after is not always loss_before
     changed = {p: not np.array_equal(rsojax.get_leaf(state.params, p), rsojax.get_leaf(params, p)) for p in model.layer_paths()}
     assert changed.pop(path)
     assert not any(changed.values())
@@ -227,11 +241,11 @@ def test_weight_decay_alone_is_the_kept_candidate():
 
 
 def test_choose_never_takes_a_nonfinite_loss():
-    assert int(rsojax.choose(jnp.array([1.0, jnp.nan, 0.5]))) == 2
-    assert int(rsojax.choose(jnp.array([jnp.nan, 3.0, 2.0]))) == 2
-    assert int(rsojax.choose(jnp.array([2.0, -jnp.inf, jnp.inf]))) == 0
-    assert int(rsojax.choose(jnp.array([1.0, 1.0, 1.0]))) == 0
-    assert int(rsojax.choose(jnp.array([jnp.nan, jnp.inf, jnp.nan]))) == -1
+    assert int(choose(jnp.array([1.0, jnp.nan, 0.5]))) == 2
+    assert int(choose(jnp.array([jnp.nan, 3.0, 2.0]))) == 2
+    assert int(choose(jnp.array([2.0, -jnp.inf, jnp.inf]))) == 0
+    assert int(choose(jnp.array([1.0, 1.0, 1.0]))) == 0
+    assert int(choose(jnp.array([jnp.nan, jnp.inf, jnp.nan]))) == -1
 
 
 def test_planted_nan_candidate_is_never_accepted():
@@ -290,4 +304,4 @@ def test_float32_state_stays_float32(small_mlp):
     rso = make_rso(model, "cached", 8)
     state, metrics = rso.cycle(rso.init(params, jax.random.key(5), data), data)
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(state.params))
-    assert all(float(m.loss_after) <= float(m.loss_before) for _, m in metrics)
+    assert all(m.loss_before.dtype == m.loss_after.dtype == jnp.float32 for _, m in metrics)

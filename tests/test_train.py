@@ -6,7 +6,7 @@ import pytest
 
 import rsojax
 from rsojax.data import preprocess
-from rsojax.train import params_sha256, run_rso, run_sgd
+from rsojax.train import params_sha256, run_rso, run_sgd, start_rso
 
 
 def make_tiny_mnist():
@@ -42,11 +42,26 @@ def test_run_rso_records_every_layer_sweep(rso_run):
     assert [r["layer"] for r in records] == layers * 2
     assert [r["cycle"] for r in records] == [0] * len(layers) + [1] * len(layers)
     assert records[-1]["weight_updates"] == 2 * sum(r["n_weights"] for r in records[: len(layers)])
-    assert all(r["batch_loss_after"] <= r["batch_loss_before"] for r in records)
     assert all(b["wall_time_s"] > a["wall_time_s"] for a, b in zip(records, records[1:]))
     assert (7, 36) in chunks and (35, 36) in chunks and (36, 36) in chunks  # conv kernel 3x3x2x2 in chunks of 7
     # The images carry their label: two cycles learn something (chance is 10%).
     assert records[-1]["test_accuracy"] > 0.2
+
+
+def test_records_hold_the_sweeps_metrics(rso_run):
+    """A record's counts and mean batch losses are those of the engine's own sweep of the
+    layer (`RSO.cycle`, in the same chunks, from the same start), per weight and example."""
+    data, model, rso, steps, _ = rso_run
+    start = start_rso(rso, model, data).run.state
+    _, metrics = rso.cycle(start, (data.x_train, data.y_train), chunk_size=7)
+    records = [s.record for s in steps if s.record is not None][: len(metrics)]
+    for record, (path, m) in zip(records, metrics, strict=True):
+        assert record["layer"] == path
+        assert (record["n_weights"], record["accepted"], record["nonfinite"]) == (int(m.weights), int(m.accepted), 0)
+        per_example = int(m.weights) * rso.config.batch_size
+        assert record["batch_loss_before"] == pytest.approx(float(m.loss_before) / per_example, rel=1e-6)
+        assert record["batch_loss_after"] == pytest.approx(float(m.loss_after) / per_example, rel=1e-6)
+    assert any(r["batch_loss_after"] != r["batch_loss_before"] for r in records)  # not vacuous
 
 
 def test_run_sgd_learns(tiny_mnist):

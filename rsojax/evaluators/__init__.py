@@ -29,8 +29,9 @@ def generic(model) -> Evaluator:
     return Generic(sequential_loss(model), tuple(model.input_shape))
 
 
-# name -> model -> evaluator, the fastest first. Incremental and Cached need a Sequential model.
 EVALUATORS: dict[str, Callable] = {"incremental": Incremental, "cached": Cached, "generic": generic}
+"""Name -> a function of the model giving the evaluator, the fastest first. All take the same
+decisions; `incremental` and `cached` need a `Sequential` model, `generic` takes any."""
 
 
 def applicable(model) -> list[str]:

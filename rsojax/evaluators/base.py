@@ -28,14 +28,61 @@ from rsojax.models import Sequential
 
 
 class Evaluator(Protocol):
+    """How RSO computes the three candidate losses of one weight (this module's docstring).
+
+    Attributes:
+      example_shape: the shape of one input, checked before work starts (None: any).
+      parallel_safe: the context prepared for a layer serves every weight of it without
+        `refresh` (the parallel granularities need it).
+    """
+
     example_shape: tuple[int, ...] | None
     parallel_safe: bool
 
-    def prepare(self, params, path: str, data, previous=None) -> Any: ...
+    def prepare(self, params, path: str, data, previous=None) -> Any:
+        """The context for sweeping a layer, or a chunk of one, from `params`.
 
-    def refresh(self, ctx, params, path: str, j) -> Any: ...
+        Args:
+          params: the parameters the sweep starts from.
+          path: the layer.
+          data: the training set `(x, y)`.
+          previous: the context prepared before, if any; it may be reused where still valid,
+            and the result must not depend on whether it was.
 
-    def losses(self, ctx, params, path: str, j, values_3, idx_B) -> jax.Array: ...
+        Returns:
+          The context (a pytree).
+        """
+        ...
+
+    def refresh(self, ctx, params, path: str, j) -> Any:
+        """The context made valid for evaluating one weight; called before every `losses`.
+
+        Args:
+          ctx: the context so far.
+          params: the current parameters.
+          path: the layer.
+          j: the weight's row-major flat index in the layer (traced).
+
+        Returns:
+          The context for weight `j`.
+        """
+        ...
+
+    def losses(self, ctx, params, path: str, j, values_3, idx_B) -> jax.Array:
+        """The loss on a minibatch with one weight set to each of three values, in one call.
+
+        Args:
+          ctx: the context `refresh` gave for weight `j`.
+          params: the current parameters.
+          path: the layer.
+          j: the weight's row-major flat index in the layer (traced).
+          values_3: the three candidate values, w', w' + dw, w' - dw.
+          idx_B: the indices of the minibatch's examples in the training set.
+
+        Returns:
+          The three losses, summed over the minibatch.
+        """
+        ...
 
 
 class OfSequential:
@@ -48,6 +95,7 @@ class OfSequential:
 
     @property
     def example_shape(self) -> tuple[int, ...]:
+        """The model's input shape: the shape of one example."""
         return tuple(self.model.input_shape)
 
 
@@ -63,9 +111,15 @@ def candidate_losses(loss_fn: Callable, params, path: str, j, values_3, batch) -
 
 
 def sequential_loss(model, start: int = 0) -> Callable:
-    """`loss(params, (h, y))` in search mode (BN with the batch's statistics) of a Sequential
-    model run from the input `h` of stage `start`; of any model called as `model(x, train)`
-    with `start=0`."""
+    """The loss RSO searches with, in search mode (BN with the batch's statistics).
+
+    Args:
+      model: a Sequential model, or with `start=0` any model called as `model(x, train)`.
+      start: the stage whose input `h` the loss starts from.
+
+    Returns:
+      `loss(params, (h, y))`: the summed cross-entropy of the model run from `h`.
+    """
     stages = {"start": start} if start else {}
 
     def loss(params, batch):

@@ -28,13 +28,48 @@ class Cached(OfSequential):
     parallel_safe = True
 
     def prepare(self, params, path, data, previous=None):
+        """The inputs of every stage up to the layer's over the training set (the caching pass).
+
+        Args:
+          params: the parameters the sweep starts from.
+          path: the layer.
+          data: the training set `(x, y)`.
+          previous: the context prepared before, if any; its stage inputs are reused while the stages before are unchanged.
+
+        Returns:
+          The `StageInputs`.
+        """
         return stage_inputs(self.model, params, data, stage_of(path), self.cache_batch, self.stats_images, previous)
 
     def refresh(self, ctx, params, path, j):
+        """The context unchanged: the searched stage's input does not depend on the layer.
+
+        Args:
+          ctx: the context so far.
+          params: the current parameters.
+          path: the layer.
+          j: the weight's row-major flat index in the layer (traced).
+
+        Returns:
+          `ctx`.
+        """
         del params, path, j
         return ctx
 
     def losses(self, ctx, params, path, j, values_3, idx_B):
+        """The stages from the layer's on, from the minibatch's cached inputs, per candidate.
+
+        Args:
+          ctx: the context for weight `j`.
+          params: the current parameters.
+          path: the layer.
+          j: the weight's row-major flat index in the layer (traced).
+          values_3: the three candidate values, w', w' + dw, w' - dw.
+          idx_B: the indices of the minibatch's examples in the training set.
+
+        Returns:
+          The three losses, summed over the minibatch.
+        """
         d = stage_of(path)
         batch = (batch_major(ctx.h_S[d], idx_B), ctx.y_N[idx_B])
         return candidate_losses(sequential_loss(self.model, start=d), params, path, j, values_3, batch)

@@ -49,9 +49,9 @@ per loop. A channel picked with a traced index (`kernel[:, :, co]`) or the pair'
 to P would be recomputed by up to five loops per weight, and XLA:CPU does not vectorise loops
 that contain a dynamic slice; `pick` (a masked sum, exact) and a dot over the 9 pooled shifts of
 the input channel produce arrays of their own instead, and `set_channel` replaces a channel with
-a select rather than a scatter. On GPUs (profiled on an H200) the shifts are stacked on their
-leading axis instead (`shifts_axis`: the last axis was written strided, at 0.69 ms per conv-2
-weight at batch 5000), and conv d+1's output is stored once before its BN
+a select rather than a scatter. On GPUs the shifts are stacked on their leading axis instead
+(`shifts_axis`: along the last axis a GPU writes them strided, slowly), and conv d+1's output
+is stored once before its BN
 (`lax.optimization_barrier`) rather than recomputed in each of BN's passes.
 """
 
@@ -132,8 +132,8 @@ def pick(a: jax.Array, i, axis: int) -> jax.Array:
     """`a` at traced index `i` along `axis`, as a sum over the axis of `a` masked to index `i`.
 
     Exact (one value plus zeros). Unlike a dynamic slice, which XLA fuses into every consumer
-    and which keeps XLA:CPU from vectorising those loops (the one-channel convolutions here ran
-    1.5x slower), a reduction's result is an array of its own, so the loops that read it index
+    and which keeps XLA:CPU from vectorising those loops (the one-channel convolutions here
+    among them), a reduction's result is an array of its own, so the loops that read it index
     it statically. For small arrays (parameters, a few channels).
     """
     axis %= a.ndim
@@ -178,8 +178,8 @@ class Incremental(OfSequential):
       stats_images: the caching pass's BN statistics come from this many first training images.
       shifts_axis: where the 9 pooled shifts of the searched input channel are stacked (the
         same values either way): None picks per backend, the last axis on CPUs (XLA:CPU's
-        matrix-vector product over contiguous rows), the first elsewhere (on an H200 the last
-        axis made a fusion of 0.69 ms per conv-2 weight at batch 5000, written strided).
+        matrix-vector product over contiguous rows), the first elsewhere (a GPU writes the
+        last axis strided, slowly).
     """
 
     model: Sequential
@@ -208,6 +208,17 @@ class Incremental(OfSequential):
         return nn.relu(h) if _relu_in(stage) else h
 
     def prepare(self, params, path, data, previous=None):
+        """The stage inputs and, for a conv stage's layer, P = pool(conv(x, K_d)) over the training set.
+
+        Args:
+          params: the parameters the sweep starts from.
+          path: the layer.
+          data: the training set `(x, y)`.
+          previous: the context prepared before, if any; its stage inputs, and its P while the kernel is unchanged, are reused.
+
+        Returns:
+          A `ConvContext`, or the `StageInputs` for a layer evaluated as `Cached` does.
+        """
         d, stage, _ = self._stage(path)
         inputs = stage_inputs(self.model, params, data, d, self.cache_batch, self.stats_images, previous)
         if stage is None:
@@ -227,6 +238,17 @@ class Incremental(OfSequential):
         return ConvContext(inputs=inputs, kernel=kernel, p_OxNxHxW=p, pair=no_pair, taps=taps, stage=d)
 
     def refresh(self, ctx, params, path, j):
+        """Folds the previous (input, output) channel pair's changes into P when weight `j` is of another pair.
+
+        Args:
+          ctx: the context so far.
+          params: the current parameters.
+          path: the layer.
+          j: the weight's row-major flat index in the layer (traced).
+
+        Returns:
+          The context for weight `j`.
+        """
         d, stage, leaf = self._stage(path)
         if stage is None or leaf != "Conv_0/kernel":
             return ctx
@@ -258,6 +280,19 @@ class Incremental(OfSequential):
         return ctx.replace(p_OxNxHxW=p, pair=pair, taps=jnp.where(moved, _taps(kernel, ci, co), ctx.taps))
 
     def losses(self, ctx, params, path, j, values_3, idx_B):
+        """The candidates' losses by the rank-one and one-channel updates of the module docstring.
+
+        Args:
+          ctx: the context for weight `j`.
+          params: the current parameters.
+          path: the layer.
+          j: the weight's row-major flat index in the layer (traced).
+          values_3: the three candidate values, w', w' + dw, w' - dw.
+          idx_B: the indices of the minibatch's examples in the training set.
+
+        Returns:
+          The three losses, summed over the minibatch.
+        """
         d, stage, leaf = self._stage(path)
         if stage is None:
             return self._cached.losses(ctx, params, path, j, values_3, idx_B)

@@ -11,8 +11,8 @@ The inputs are stored channel-major, (C, N, ...): one channel of every example i
 which is what `Incremental` reads. A stage input that is a pytree (the residual network's
 `(h, skip)`) is stored leaf by leaf, each distinct array once: a skip tensor is also the input
 of the stage before. Each pass is written in place, so the pass needs memory for what it
-stores and one pass more (CIFAR-10's 50,000 images: 11.7 GB, where a stacked and a transposed
-copy of the passes, and each skip stored twice, needed more than 24 GB).
+stores and one pass more (CIFAR-10's 50,000 images: 11.7 GB), not a stacked and a transposed
+copy of the passes.
 """
 
 import functools

@@ -25,6 +25,11 @@ class Uncached(OfSequential):
     instead of cached: the slow, simple path the others are checked against (`--evaluator
     generic`). The prefix does not depend on the searched weight, so the three candidates
     share it.
+
+    Args:
+      model: a `rsojax.Sequential`.
+      stats_images: the BN statistics of the stages before the searched one come from this
+        many first training images.
     """
 
     model: Sequential
@@ -32,14 +37,49 @@ class Uncached(OfSequential):
     parallel_safe = True
 
     def prepare(self, params, path, data, previous=None):
+        """The training set and the BN statistics of its first `stats_images` images.
+
+        Args:
+          params: the parameters the sweep starts from.
+          path: the layer.
+          data: the training set `(x, y)`.
+          previous: the context prepared before, if any (unused).
+
+        Returns:
+          An `UncachedContext`.
+        """
         del path, previous
         return UncachedContext(data=data, stats=reference_statistics(self.model, params, data[0], self.stats_images))
 
     def refresh(self, ctx, params, path, j):
+        """The context unchanged: nothing in it depends on the searched layer.
+
+        Args:
+          ctx: the context so far.
+          params: the current parameters.
+          path: the layer.
+          j: the weight's row-major flat index in the layer (traced).
+
+        Returns:
+          `ctx`.
+        """
         del params, path, j
         return ctx
 
     def losses(self, ctx, params, path, j, values_3, idx_B):
+        """The stages before the layer's on the minibatch's images, then the rest per candidate.
+
+        Args:
+          ctx: the context for weight `j`.
+          params: the current parameters.
+          path: the layer.
+          j: the weight's row-major flat index in the layer (traced).
+          values_3: the three candidate values, w', w' + dw, w' - dw.
+          idx_B: the indices of the minibatch's examples in the training set.
+
+        Returns:
+          The three losses, summed over the minibatch.
+        """
         d = stage_of(path)
         x, y = ctx.data
         h_B = prefix(self.model, params, ctx.stats, x[idx_B], d)

@@ -34,7 +34,7 @@ from rsojax.experiment.config import (
     load_data,
 )
 from rsojax.experiment.flags import cli, flag_targets, parse_flags, parser
-from rsojax.experiment.run import Progress, train_and_evaluate
+from rsojax.experiment.run import train_and_evaluate
 
 __all__ = [
     "FIRST_RUN",
@@ -42,7 +42,6 @@ __all__ = [
     "RESUMABLE",
     "TASKS",
     "ExperimentConfig",
-    "Progress",
     "SGDConfig",
     "Task",
     "UsageError",

@@ -12,6 +12,7 @@ from rsojax.data import SOURCES, Dataset, load, load_npz
 from rsojax.evaluators import EVALUATORS
 from rsojax.models import GLOBAL_POOLS, cifar10_resnet, mnist_convnet
 from rsojax.rso import RSOConfig, setting
+from rsojax.train import CHUNK_SIZE, INIT_SEED, SEED
 
 
 class UsageError(Exception):
@@ -20,27 +21,38 @@ class UsageError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """What differs between the experiments."""
+    """What differs between the experiments.
+
+    Attributes:
+      title: the dataset's name in messages.
+      source: a key of `rsojax.data.SOURCES`: the TFDS dataset and its preprocessing.
+      model: `(channels, global_pool) -> network`, the paper's network.
+      evaluators: the keys of `rsojax.evaluators.EVALUATORS` that search it; the first is the
+        default.
+      cycles: the paper's number of cycles.
+    """
 
     title: str
-    source: str  # key of `rsojax.data.SOURCES`: the TFDS dataset and its preprocessing
-    model: Callable  # (channels, global_pool) -> the paper's network
-    evaluators: tuple[str, ...]  # keys of `rsojax.evaluators.EVALUATORS` that search it; the first is the default
-    cycles: int  # the paper's
+    source: str
+    model: Callable
+    evaluators: tuple[str, ...]
+    cycles: int
 
 
 TASKS = {
     "mnist": Task("MNIST", "mnist", mnist_convnet, ("incremental", "cached", "generic"), 50),
     "cifar10": Task("CIFAR-10", "cifar10", cifar10_resnet, ("incremental", "cached", "generic"), 500),
 }
+"""The experiments by name: the paper's MNIST and CIFAR-10 protocols."""
 OPTIMIZERS = ("rso", "sgd")
-# Settings that may change between a run and its resumption (paths, timings, the host's role).
+"""The optimizers an experiment runs: RSO, or the optax SGD baseline."""
 RESUMABLE = (
     "data_dir", "data", "download", "checkpoint_every_s", "progress_every_s", "tensorboard",
     "coordinator_address", "process_id",
 )
-# A CPU-sized first run, for --help and the README (about 5 minutes for MNIST on 2 cores).
+"""The settings that may change between a run and its resumption (paths, timings, the host's role)."""
 FIRST_RUN = "--cycles 1 --batch_size 512 --train_subset 10000"
+"""A CPU-sized first run, for --help and the README (about 5 minutes for MNIST on 2 cores)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,13 +88,13 @@ class ExperimentConfig:
     kernels_only: bool = setting(False, "search kernels only (Algorithm 1 as printed), not BN")
     channels: int = setting(16, "conv channels (16: the paper's network)")
     global_pool: str = setting("max", "the network's global pool (max: the reference code's)", GLOBAL_POOLS)
-    seed: int = setting(72, "sampling seed (minibatches and dw)")
-    init_seed: int = setting(420, "parameter initialisation seed")
+    seed: int = setting(SEED, "sampling seed (minibatches and dw)")
+    init_seed: int = setting(INIT_SEED, "parameter initialisation seed")
     data_dir: str | None = setting(None, "TFDS data directory (default: $TFDS_DATA_DIR, else TFDS's default)")
     data: str | None = setting(None, "a .npz file with x_train, y_train, x_test, y_test, instead of TFDS")
     download: bool = setting(False, "let TFDS download the data into --data_dir if it is missing")
     train_subset: int = setting(0, "the first N training images (0: all)")
-    chunk_size: int = setting(576, "weights per compiled RSO call (a checkpoint can fall between two)")
+    chunk_size: int = setting(CHUNK_SIZE, "weights per compiled RSO call (a checkpoint can fall between two)")
     checkpoint_every_s: float = setting(300.0, "also checkpoint inside a layer this often (seconds)")
     progress_every_s: float = setting(30.0, "a progress line this often when stderr is not a terminal (seconds)")
     tensorboard: bool = setting(False, "also write the records as TensorBoard event files into the workdir")
@@ -94,7 +106,18 @@ class ExperimentConfig:
 
     @classmethod
     def for_task(cls, task: str, **changes) -> "ExperimentConfig":
-        """The paper's protocol for `task` (a key of `TASKS`), with `changes`."""
+        """The paper's protocol for a task, with changes.
+
+        Args:
+          task: a key of `TASKS`.
+          **changes: fields to set otherwise, as `dataclasses.replace` takes them.
+
+        Returns:
+          The config.
+
+        Raises:
+          ValueError: `task` is unknown, or a change is not a valid setting.
+        """
         if task not in TASKS:
             raise ValueError(f"task: expected one of {list(TASKS)}, got {task!r}")
         t = TASKS[task]
@@ -146,7 +169,18 @@ def _check_int(name: str, value, low: int):
 
 
 def load_data(config: ExperimentConfig) -> Dataset:
-    """The task's data as `config` says: from `config.data` (.npz), else from TFDS."""
+    """The task's data as a config says: from `config.data` (.npz), else from TFDS.
+
+    Args:
+      config: the experiment's config (its task, data, data_dir, download, train_subset).
+
+    Returns:
+      The dataset, preprocessed as the reference code does.
+
+    Raises:
+      FileNotFoundError: the data is missing.
+      ValueError: the .npz file is malformed or `train_subset` too large.
+    """
     task = TASKS[config.task]
     if config.data is not None:
         return load_npz(config.data, config.train_subset, SOURCES[task.source].per_channel_mean)
@@ -154,5 +188,12 @@ def load_data(config: ExperimentConfig) -> Dataset:
 
 
 def build_model(config: ExperimentConfig):
-    """The task's network as `config` says (channels, global pool)."""
+    """The task's network as a config says.
+
+    Args:
+      config: the experiment's config (its task, channels and global pool).
+
+    Returns:
+      The network.
+    """
     return TASKS[config.task].model(channels=config.channels, global_pool=config.global_pool)

@@ -17,8 +17,15 @@ from rsojax.experiment.config import FIRST_RUN, TASKS, ExperimentConfig, UsageEr
 
 
 def flag_targets(config) -> dict[str, list[tuple[tuple[str, ...], dataclasses.Field, type]]]:
-    """flag name -> the (path, field, type) it sets, from the fields of `config` and of its
-    nested configs. A flag can set a field in each of `rso` and `sgd` (`--batch_size`)."""
+    """What each command-line flag sets, from the fields of a config and of its nested configs.
+
+    Args:
+      config: an `ExperimentConfig` (or any config dataclass built from `setting` fields).
+
+    Returns:
+      Flag name -> the (path, field, type) of each field it sets: a flag can set a field in
+      each of `rso` and `sgd` (`--batch_size`).
+    """
     flags: dict[str, list] = {}
 
     def visit(obj, prefix):
@@ -48,8 +55,16 @@ def _help(path, f, default) -> str:
 
 
 def parser(task: str = "mnist", prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
-    """The command line of an experiment: `--workdir` and a flag per config field, with the
-    defaults of `ExperimentConfig.for_task(task)`."""
+    """The command line of an experiment: `--workdir` and a flag per config field.
+
+    Args:
+      task: a key of `TASKS`, whose defaults (`ExperimentConfig.for_task`) the flags show.
+      prog: the program's name in messages (default: argparse's).
+      description: the text `--help` starts with.
+
+    Returns:
+      The parser.
+    """
     default, t = ExperimentConfig.for_task(task), TASKS[task]
     p = argparse.ArgumentParser(
         prog=prog,
@@ -80,9 +95,19 @@ def parser(task: str = "mnist", prog: str | None = None, description: str | None
 
 
 def parse_flags(argv=None, task: str = "mnist", prog: str | None = None, description: str | None = None):
-    """`(config, workdir)` from command-line flags (`parser`). Flags left out keep the task's
-    defaults; a flag shared by RSO and SGD (`--batch_size`, `--cycles`) sets the chosen
-    optimizer's.
+    """The config and workdir that command-line flags ask for (`parser`).
+
+    Flags left out keep the task's defaults; a flag shared by RSO and SGD (`--batch_size`,
+    `--cycles`) sets the chosen optimizer's.
+
+    Args:
+      argv: the flags (default: `sys.argv[1:]`).
+      task: a key of `TASKS`.
+      prog: the program's name in messages.
+      description: the text `--help` starts with.
+
+    Returns:
+      `(config, workdir)`.
 
     Raises:
       UsageError: a setting out of its range (naming the flag).
