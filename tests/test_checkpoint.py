@@ -1,4 +1,8 @@
+import errno
+import logging
 import os
+import resource
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -31,16 +35,44 @@ def test_round_trip_keeps_values_dtypes_and_keys(tmp_path):
     assert jax.random.normal(restored["key"]) == jax.random.normal(tree(2)["key"])
 
 
-def test_damaged_newest_falls_back_then_fails_clearly(tmp_path):
+def test_damaged_newest_is_set_aside_then_none_restoring_fails_clearly(tmp_path, caplog):
     ckpt = Checkpointer(str(tmp_path))
     ckpt.save(1, tree(1), {"v": 1})
     ckpt.save(2, tree(2), {"v": 2})
     damage(str(tmp_path), 2)
     step, restored, meta = ckpt.restore(tree(0))
     assert step == 1 and meta == {"v": 1} and int(restored["n"]) == 3
+    (aside,) = [name for name in os.listdir(tmp_path) if name.startswith("2.damaged-")]
+    assert "checkpoint 2 cannot be restored" in caplog.text and os.path.join(str(tmp_path), aside) in caplog.text
+    assert ckpt.steps() == [1] and os.listdir(tmp_path / aside)  # renamed, not deleted
+    ckpt.save(2, tree(5), {"v": 5})  # the step can be written again
+    assert ckpt.restore(tree(0))[2] == {"v": 5}
+
     damage(str(tmp_path), 1)
-    with pytest.raises(CheckpointError, match="workdir: no checkpoint in .* could be read"):
+    damage(str(tmp_path), 2)
+    with pytest.raises(CheckpointError, match="workdir: no checkpoint in .* can be restored .*move that directory aside"):
         ckpt.restore(tree(0))
+    assert ckpt.steps() == [1, 2]  # none restores: none is set aside
+
+
+def test_failed_write_names_the_step_and_keeps_the_checkpoints_before(tmp_path, caplog):
+    """A write that the file system refuses (here a file size limit of 0 bytes: every write fails
+    with EFBIG, as a full disk fails with ENOSPC) is an OSError naming the step's directory."""
+    ckpt = Checkpointer(str(tmp_path))
+    ckpt.save(1, tree(1), {"v": 1})
+    limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, limits[1]))
+    try:
+        with pytest.raises(OSError) as failed:
+            ckpt.save(2, tree(2), {"v": 2})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert (failed.value.errno, failed.value.filename) == (errno.EFBIG, os.path.join(str(tmp_path), "2"))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # orbax's own traceback is not logged
+    assert ckpt.steps() == [1] and ckpt.restore(tree(0))[2] == {"v": 1}
+    ckpt.save(2, tree(2), {"v": 2})  # once the file system takes writes again
+    assert ckpt.restore(tree(0))[2] == {"v": 2}
 
 
 def test_keeps_the_newest_three(tmp_path):
