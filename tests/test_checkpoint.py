@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rsojax.checkpoint import CheckpointError, Checkpointer
+from rsojax.checkpoint import CheckpointError, Checkpointer, _os_error
 
 
 def tree(scale):
@@ -73,6 +73,24 @@ def test_failed_write_names_the_step_and_keeps_the_checkpoints_before(tmp_path, 
     assert ckpt.steps() == [1] and ckpt.restore(tree(0))[2] == {"v": 1}
     ckpt.save(2, tree(2), {"v": 2})  # once the file system takes writes again
     assert ckpt.restore(tree(0))[2] == {"v": 2}
+
+
+def test_os_error_is_found_in_tensorstore_text():
+    """A full disk under TensorStore is a ValueError whose text holds the errno (this one is from a
+    64 KiB tmpfs); an error of another kind is not taken for an OS error."""
+    full = ValueError(
+        'RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local file "/tmp/small/ck/1.orbax-checkpoint-tmp/'
+        'state.orbax-checkpoint-tmp/ocdbt.process_0/": Failed writing: "/tmp/small/ck/1.orbax-checkpoint-tmp/'
+        'state.orbax-checkpoint-tmp/ocdbt.process_0/d/b79146221fbd3e6313b00f7a20e042f6": Failed to write 18587 bytes '
+        "to file 14: No space left on device [os_error_code='28']"
+    )
+    assert _os_error(full) == errno.ENOSPC
+    assert _os_error(RuntimeError("wrapped")) is None
+    try:
+        raise RuntimeError("wrapped") from full
+    except RuntimeError as e:
+        assert _os_error(e) == errno.ENOSPC
+    assert _os_error(ValueError("Requested shape (3,) is not compatible with the stored shape (2,)")) is None
 
 
 def test_keeps_the_newest_three(tmp_path):

@@ -160,14 +160,14 @@ def test_sigterm_stops_at_the_chunk_boundary_with_a_checkpoint_and_resumes(stopp
 
 def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(stopped, compared, mnist_npz, tmp_path):
     """One file of the newest step truncated, as a disk or a copy leaves it: the rerun resumes from
-    the step before, and writes the damaged step's number again."""
+    the step before, and saves the damaged step's number again (a checkpoint after every chunk)."""
     workdir = resumable(stopped, tmp_path)
     newest = os.path.join(workdir, "checkpoints", str(STOPPED_AT))
     files = [os.path.join(root, name) for root, _, names in os.walk(newest) for name in names]
     largest = max(files, key=os.path.getsize)
     os.truncate(largest, os.path.getsize(largest) // 2)
 
-    status, err = run_cli(tiny_argv(mnist_npz, workdir, "rso"))
+    status, err = run_cli(tiny_argv(mnist_npz, workdir, "rso", "--checkpoint_every_s", "0"))
     assert status == 0 and "Traceback" not in err
     (aside,) = [name for name in os.listdir(os.path.join(workdir, "checkpoints")) if ".damaged-" in name]
     assert aside.startswith(f"{STOPPED_AT}.damaged-")
@@ -267,6 +267,65 @@ def test_full_disk_at_each_write_stops_in_one_line_and_the_run_resumes(stopped, 
     status, err = run_cli(argv)
     assert status == 0, err
     assert comparable(workdir) == comparable(os.path.join(compared, "rso"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_finished_run_writes_a_damaged_or_missing_summary_again(compared, mnist_npz, tmp_path, damage):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(os.path.join(compared, "sgd"), workdir)
+    summary = os.path.join(workdir, "summary.json")
+    expected = json.load(open(summary))
+    if damage == "missing":
+        os.remove(summary)
+    else:
+        os.truncate(summary, 100)
+    status, err = run_cli(tiny_argv(mnist_npz, workdir, "sgd"))
+    assert status == 0 and "Traceback" not in err
+    assert (f"{summary} cannot be read" in err) == (damage == "truncated")
+    assert json.load(open(summary)) == expected  # the final checkpoint and records give it whole
+    assert steps(workdir) == steps(os.path.join(compared, "sgd"))  # the final checkpoint is not written again
+
+
+def test_unreadable_config_is_one_line(compared, mnist_npz, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(os.path.join(compared, "sgd"), workdir)
+    config = os.path.join(workdir, "config.json")
+    os.truncate(config, 10)
+    status, err = run_cli(tiny_argv(mnist_npz, workdir, "sgd"))
+    assert status == 2 and last_line(err).startswith(f"mnist.py: error: --workdir: {config} cannot be read (JSONDecodeError: ")
+    assert last_line(err).endswith("it holds the settings of the run to resume: write them back, or use a new --workdir")
+
+
+def test_ctrl_c_asks_to_stop_and_a_second_ctrl_c_interrupts_at_once():
+    from rsojax.experiment.preemption import GO_ON, INTERRUPT, StopSignals
+
+    previous = signal.getsignal(signal.SIGINT)
+    with StopSignals() as signals:
+        assert signals.agree() == GO_ON
+        os.kill(os.getpid(), signal.SIGINT)
+        assert signals.agree() == INTERRUPT and signals.name(INTERRUPT) == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_signals_are_left_alone_outside_the_main_thread():
+    """Python installs signal handlers in the main thread only: a run in another thread (a
+    notebook's worker, a server) trains without them."""
+    import threading
+
+    from rsojax.experiment.preemption import GO_ON, StopSignals
+
+    decisions = []
+
+    def run():
+        with StopSignals() as signals:
+            decisions.append(signals.agree())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert decisions == [GO_ON]
 
 
 # Holds the lock of the workdir argv[1] until killed.
