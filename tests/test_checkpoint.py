@@ -56,23 +56,29 @@ def test_damaged_newest_is_set_aside_then_none_restoring_fails_clearly(tmp_path,
 
 
 def test_failed_write_names_the_step_and_keeps_the_checkpoints_before(tmp_path, caplog):
-    """A write that the file system refuses (here a file size limit of 0 bytes: every write fails
-    with EFBIG, as a full disk fails with ENOSPC) is an OSError naming the step's directory."""
+    """A write that the file system refuses is an OSError naming the step's directory. Here a
+    file size limit of 64 KiB refuses TensorStore's write of a 400 KB array (EFBIG, as a full
+    disk refuses with ENOSPC), in orbax's worker threads, which log it with a traceback."""
+    big = {"w": jnp.arange(100_000.0, dtype=jnp.float32)}
     ckpt = Checkpointer(str(tmp_path))
-    ckpt.save(1, tree(1), {"v": 1})
+    ckpt.save(1, big, {"v": 1})
     limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, limits[1]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, limits[1]))
     try:
         with pytest.raises(OSError) as failed:
-            ckpt.save(2, tree(2), {"v": 2})
+            ckpt.save(2, big, {"v": 2})
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
         signal.signal(signal.SIGXFSZ, handler)
     assert (failed.value.errno, failed.value.filename) == (errno.EFBIG, os.path.join(str(tmp_path), "2"))
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # orbax's own traceback is not logged
-    assert ckpt.steps() == [1] and ckpt.restore(tree(0))[2] == {"v": 1}
-    ckpt.save(2, tree(2), {"v": 2})  # once the file system takes writes again
-    assert ckpt.restore(tree(0))[2] == {"v": 2}
+    causes, e = [], failed.value
+    while e is not None:
+        causes, e = [*causes, str(e)], e.__cause__
+    assert any("Error writing" in c for c in causes)  # TensorStore's write failed
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # the exception is the report
+    assert ckpt.steps() == [1] and ckpt.restore(big)[2] == {"v": 1}
+    ckpt.save(2, big, {"v": 2})  # once the file system takes writes again
+    assert ckpt.restore(big)[2] == {"v": 2}
 
 
 def test_os_error_is_found_in_tensorstore_text():
