@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rsojax.checkpoint import CheckpointError, Checkpointer, _os_error
+from rsojax.checkpoint import Checkpointer, CheckpointError, _os_error
 
 
 def tree(scale):

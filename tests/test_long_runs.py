@@ -91,9 +91,13 @@ def steps(workdir) -> list[int]:
     return sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit())
 
 
-# The RSO run stops after SIGNAL_AT compiled chunks of 8 weights: 3 in the dense layer (20
-# weights, its record and checkpoint at 20), then 2 in conv 6, at 36 weight updates.
-SIGNAL_AT, STOPPED_AT = 5, 36
+# A cycle of the tiny network visits 218 weights (dense 20, five convs of 36, the first conv 18)
+# in 31 compiled chunks of 8 (the last of each layer shorter), each layer ending with a record and
+# a checkpoint. The run stops in the second cycle, so that a resumed run has less left to do:
+# after 31 + 5 chunks, inside conv 6 (the dense layer's record and checkpoint at 218 + 20), at
+# 218 + 36 weight updates. The three newest checkpoints are then those three.
+CYCLE = 218
+SIGNAL_AT, BEFORE, STOPPED_AT = 31 + 5, CYCLE + 20, CYCLE + 36
 
 
 @pytest.fixture(scope="module")
@@ -142,11 +146,11 @@ def test_sigterm_stops_at_the_chunk_boundary_with_a_checkpoint_and_resumes(stopp
     original, status, err, second_lock, handler_restored = stopped
     assert status == experiment.EXIT_PREEMPTED == 75
     assert last_line(err) == (
-        f"mnist.py: stopped by SIGTERM at cycle 1/2, stages_5/Conv_0/kernel, after a checkpoint of {STOPPED_AT} "
+        f"mnist.py: stopped by SIGTERM at cycle 2/2, stages_5/Conv_0/kernel, after a checkpoint of {STOPPED_AT} "
         f"weight updates in {original}; rerun the same command to resume"
     )
-    assert steps(original) == [20, STOPPED_AT]  # the layer's record, then the chunk the signal came in
-    assert [r["layer"] for r in read_records(original)] == ["stages_6/Dense_0/kernel"]
+    assert steps(original) == [CYCLE, BEFORE, STOPPED_AT]  # two layers' records, then the chunk the signal came in
+    assert [r["layer"] for r in read_records(original)][-2:] == ["stages_0/Conv_0/kernel", "stages_6/Dense_0/kernel"]
     assert not os.path.exists(os.path.join(original, "summary.json"))
     assert not os.path.exists(os.path.join(original, "lock"))  # released
     assert len(second_lock) == 1 and f"is in use by another run (pid {os.getpid()} on {socket.gethostname()}, since" in second_lock[0]
@@ -156,6 +160,27 @@ def test_sigterm_stops_at_the_chunk_boundary_with_a_checkpoint_and_resumes(stopp
     status, err = run_cli(tiny_argv(mnist_npz, workdir, "rso"))
     assert status == 0 and f"resuming after {STOPPED_AT} weight updates" in err
     assert comparable(workdir) == comparable(os.path.join(compared, "rso"))
+
+
+def test_sigterm_before_training_stops_before_the_first_chunk(stopped, mnist_npz, tmp_path):
+    """A signal while the data loads or the checkpoint is read: nothing is computed or written."""
+    workdir = resumable(stopped, tmp_path)
+    records = open(os.path.join(workdir, "metrics.jsonl")).read()
+
+    def signal_while_reading(restore):
+        def wrapper(self, *args):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return restore(self, *args)
+
+        return wrapper
+
+    with patched(Checkpointer, "restore", signal_while_reading):
+        status, err = run_cli(tiny_argv(mnist_npz, workdir, "rso"))
+    assert status == 75 and last_line(err) == (
+        "mnist.py: stopped by SIGTERM before training, at cycle 2/2, stages_5/Conv_0/kernel; rerun the same command to resume"
+    )
+    assert steps(workdir) == [CYCLE, BEFORE, STOPPED_AT] and open(os.path.join(workdir, "metrics.jsonl")).read() == records
+    assert not os.path.exists(os.path.join(workdir, "lock"))
 
 
 def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(stopped, compared, mnist_npz, tmp_path):
@@ -173,7 +198,7 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one
     assert aside.startswith(f"{STOPPED_AT}.damaged-")
     assert f"checkpoint {STOPPED_AT} cannot be restored" in err and f"set aside as {os.path.join(workdir, 'checkpoints', aside)}" in err
     assert os.path.getsize(largest.replace(newest, os.path.join(workdir, "checkpoints", aside))) > 0  # kept, not deleted
-    assert "resuming after 20 weight updates" in err
+    assert f"resuming after {BEFORE} weight updates" in err
     assert comparable(workdir) == comparable(os.path.join(compared, "rso"))
 
 
@@ -184,9 +209,9 @@ def test_no_restorable_checkpoint_is_one_line_saying_what_to_do(stopped, mnist_n
     status, err = run_cli(tiny_argv(mnist_npz, workdir, "rso"))
     checkpoints = os.path.join(workdir, "checkpoints")
     assert status == 2
-    assert last_line(err).startswith(f"mnist.py: error: --workdir: no checkpoint in {checkpoints} can be restored (36: ")
+    assert last_line(err).startswith(f"mnist.py: error: --workdir: no checkpoint in {checkpoints} can be restored ({STOPPED_AT}: ")
     assert f"move that directory aside (mv {checkpoints} {checkpoints}.damaged), or use a new --workdir" in err
-    assert steps(workdir) == [20, STOPPED_AT]  # nothing set aside: the user decides
+    assert steps(workdir) == [CYCLE, BEFORE, STOPPED_AT]  # nothing set aside: the user decides
 
 
 def test_half_written_last_record_is_repaired(stopped, compared, mnist_npz, tmp_path):
@@ -231,10 +256,10 @@ def test_full_disk_at_each_write_stops_in_one_line_and_the_run_resumes(stopped, 
     with patched(Checkpointer, "save", no_space_for_the_first):
         status, err = run_cli(argv)
     assert status == 74 and last_line(err) == (
-        f"mnist.py: error: cannot write {checkpoints}/56: File too large; the newest checkpoint is intact: "
+        f"mnist.py: error: cannot write {checkpoints}/{STOPPED_AT + 20}: File too large; the newest checkpoint is intact: "
         "fix this (free space, for example) and rerun the same command to resume"
     )
-    assert steps(workdir) == [20, STOPPED_AT]
+    assert steps(workdir) == [CYCLE, BEFORE, STOPPED_AT]
 
     metrics = os.path.join(workdir, "metrics.jsonl")
 
@@ -250,7 +275,7 @@ def test_full_disk_at_each_write_stops_in_one_line_and_the_run_resumes(stopped, 
     with patched(Checkpointer, "save", full_after_the_first):
         status, err = run_cli(argv)
     assert status == 74 and last_line(err).startswith(f"mnist.py: error: cannot write {metrics}: No space left on device;")
-    assert steps(workdir) == [20, STOPPED_AT, 56]
+    assert steps(workdir) == [BEFORE, STOPPED_AT, STOPPED_AT + 20]
     os.remove(metrics)  # space is back; metrics.jsonl is gone altogether
 
     for name in ("curves.png", "summary.json.tmp"):  # summary.json is written whole to its .tmp, then renamed
@@ -262,7 +287,7 @@ def test_full_disk_at_each_write_stops_in_one_line_and_the_run_resumes(stopped, 
         if name == "curves.png":
             os.remove(target)
         assert not os.path.lexists(os.path.join(workdir, "summary.json.tmp"))  # a failed summary leaves no .tmp
-    assert steps(workdir)[-1] == 2 * 218  # the end of the run, not yet marked finished
+    assert steps(workdir)[-1] == 2 * CYCLE  # the end of the run, not yet marked finished
 
     status, err = run_cli(argv)
     assert status == 0, err

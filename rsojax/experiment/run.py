@@ -73,20 +73,21 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str) -> dict:
     writer = _join_processes(config)
     lock = WorkdirLock(workdir) if writer else None
     try:
-        _on_process_0(lambda: workdirs.check(workdir, config, lock))
-        mesh, data, training = _prepare(config)
-        # Everything is checked: from here on the workdir is written (by process 0).
-        _on_process_0(lambda: workdirs.create(workdir, config, lock))
-        with _checkpoints(workdir, writer) as checkpointer:
-            start, records, finished = _resume(checkpointer, training.fresh)
-            if finished:
-                summary = _read_summary(workdir) if writer else {}
-                if summary is not None:
-                    return _already_finished(summary, workdir)
-            else:
-                _say_start(config, data, mesh, start)
-                start = _train(config, training, start, records, checkpointer, workdir)
-            return _finish(config, mesh, start, records, checkpointer, workdir, finished_saved=finished)
+        with StopSignals() as signals:
+            _on_process_0(lambda: workdirs.check(workdir, config, lock))
+            mesh, data, training = _prepare(config)
+            # Everything is checked: from here on the workdir is written (by process 0).
+            _on_process_0(lambda: workdirs.create(workdir, config, lock))
+            with _checkpoints(workdir, writer) as checkpointer:
+                start, records, finished = _resume(checkpointer, training.fresh)
+                if finished:
+                    summary = _read_summary(workdir) if writer else {}
+                    if summary is not None:
+                        return _already_finished(summary, workdir)
+                else:
+                    _say_start(config, data, mesh, start)
+                    start = _train(config, training, start, records, checkpointer, workdir, signals)
+                return _finish(config, mesh, start, records, checkpointer, workdir, finished_saved=finished)
     finally:
         if lock is not None:
             lock.release()
@@ -192,13 +193,17 @@ def _say_start(config: ExperimentConfig, data: Dataset, mesh, start: Step):
     )
 
 
-def _train(config: ExperimentConfig, training: "_Training", start: Step, records: list, checkpointer, workdir: str) -> Step:
+def _train(config: ExperimentConfig, training: "_Training", start: Step, records: list, checkpointer, workdir: str,
+           signals: StopSignals) -> Step:
     """Runs `training` from `start` to its end, adding to `records` and writing them and
     checkpoints (process 0); returns the last step.
 
-    After each chunk of work every process takes the same decision (`StopSignals.agree`): go
-    on, or stop there, after a checkpoint, on a signal (`Preempted`) or a failed write.
+    Before the first chunk and after each one, every process takes the same decision
+    (`StopSignals.agree`): go on, or stop there, after a checkpoint, on a signal (`Preempted`)
+    or a failed write (`WriteError`).
     """
+    if (decision := signals.agree()) != preemption.GO_ON:  # a signal while the data loaded or the checkpoint was read
+        raise _stopped(signals, decision, f"before training, at {training.position(start)[1]}")
     metrics = os.path.join(workdir, "metrics.jsonl") if checkpointer is not None else None
     if metrics is not None:
         with writing(metrics):  # the records of the checkpoint resumed from, nothing after it
@@ -206,7 +211,7 @@ def _train(config: ExperimentConfig, training: "_Training", start: Step, records
     progress = Progress(training.total, training.position(start)[0], config.progress_every_s, metrics is not None,
                         training.unit)
     step, last_save = start, time.monotonic()
-    with StopSignals() as signals:
+    try:
         for step in training.steps(start):
             saved, failure = False, None
             try:
@@ -227,14 +232,16 @@ def _train(config: ExperimentConfig, training: "_Training", start: Step, records
             if decision != preemption.GO_ON:
                 if not saved:
                     _save(checkpointer, step, records, finished=False)
-                where = training.position(step)[1]
-                raise Preempted(
-                    f"stopped by {signals.name(decision)} at {where}, after a checkpoint of "
-                    f"{step.weight_updates:,} weight updates in {workdir}; rerun the same command to resume",
-                    interrupted=decision == preemption.INTERRUPT,
-                )
-    progress.close()
+                raise _stopped(signals, decision, f"at {training.position(step)[1]}, after a checkpoint of "
+                                                  f"{step.weight_updates:,} weight updates in {workdir}")
+    finally:
+        progress.close()
     return step
+
+
+def _stopped(signals: StopSignals, decision: int, when: str) -> Preempted:
+    return Preempted(f"stopped by {signals.name(decision)} {when}; rerun the same command to resume",
+                     interrupted=decision == preemption.INTERRUPT)
 
 
 def _add_record(record: dict, records: list, metrics: str | None, progress: "Progress"):
