@@ -39,7 +39,7 @@ from rsojax.experiment.config import (
 from rsojax.experiment.flags import cli, flag_targets, parse_flags, parser
 from rsojax.experiment.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preempted
 from rsojax.experiment.run import Progress, train_and_evaluate
-from rsojax.experiment.workdir import WorkdirLock, WriteError
+from rsojax.experiment.workdir import WorkdirLock, WriteError, writing
 
 __all__ = [
     "EXIT_INTERRUPTED",
@@ -63,4 +63,5 @@ __all__ = [
     "parse_flags",
     "parser",
     "train_and_evaluate",
+    "writing",
 ]
