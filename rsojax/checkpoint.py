@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import re
+import sys
 import time
 
 import jax
@@ -100,6 +101,7 @@ class Checkpointer:
                     restored = self._manager.restore(step, args=args)
             except Exception as e:  # a damaged or partial checkpoint: try the one before
                 failed.append((step, _first_line(e)))
+                _drop_closed_loop_callbacks()
                 continue
             for bad, reason in failed:
                 aside = self._set_aside(bad)
@@ -113,9 +115,9 @@ class Checkpointer:
                 restored["state"],
             )
             return step, state, dict(restored["meta"])
-        reasons = "; ".join(f"{step}: {reason}" for step, reason in failed)
         raise CheckpointError(
-            f"workdir: no checkpoint in {self.directory} can be restored ({reasons}); to start the run again from "
+            f"workdir: no checkpoint in {self.directory} can be restored (steps {', '.join(str(s) for s, _ in failed)}; "
+            f"the newest: {failed[0][1]}); to start the run again from "
             f"the beginning move that directory aside (mv {self.directory} {self.directory}.damaged), "
             "or use a new --workdir"
         )
@@ -130,7 +132,7 @@ class Checkpointer:
         return aside
 
 
-def _first_line(e: Exception, limit: int = 300) -> str:
+def _first_line(e: Exception, limit: int = 160) -> str:
     text = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -147,6 +149,23 @@ def _os_error(e: BaseException) -> int | None:
             return int(match.group(1))
         e = e.__cause__ or e.__context__
     return None
+
+
+def _drop_closed_loop_callbacks():
+    """Once a restore has failed, TensorStore still completes the reads that were in flight, and
+    their callbacks find orbax's event loop closed: Python reports each as an unraisable
+    `RuntimeError('Event loop is closed')`, a traceback on stderr after the failure itself was
+    handled. Those reports, and only those, are dropped from then on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_callbacks", False):
+        return
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.drops_closed_loop_callbacks = True
+    sys.unraisablehook = hook
 
 
 class _OrbaxErrors(logging.Filter):
