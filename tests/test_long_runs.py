@@ -340,6 +340,22 @@ def test_ctrl_c_asks_to_stop_and_a_second_ctrl_c_interrupts_at_once():
     assert signal.getsignal(signal.SIGINT) is previous
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_schedulers_signal_asks_to_stop_and_a_repeated_one_changes_nothing(signum):
+    """SIGTERM (preemption) and SIGUSR1 (Slurm's --signal, ahead of a time limit) both mean
+    "preempted": exit status 75. A second one must not break the checkpoint on its way."""
+    from rsojax.experiment.preemption import PREEMPT, StopSignals
+
+    previous = signal.signal(signum, lambda *_: None)  # a signal StopSignals misses must not end the tests
+    try:
+        with StopSignals() as signals:
+            os.kill(os.getpid(), signum)
+            os.kill(os.getpid(), signum)
+            assert signals.agree() == PREEMPT and signals.name(PREEMPT) == signal.Signals(signum).name
+    finally:
+        signal.signal(signum, previous)
+
+
 def test_signals_are_left_alone_outside_the_main_thread():
     """Python installs signal handlers in the main thread only: a run in another thread (a
     notebook's worker, a server) trains without them."""
