@@ -41,9 +41,12 @@ def main(argv=None) -> str:
         "vs as many SGD epochs."
     )
     table = markdown_table(["optimizer", "cycles/epochs", "batch", *RESULT_COLUMNS], rows, caption)
-    with open(os.path.join(args.workdir, "compare.md"), "w") as f:
+    path = os.path.join(args.workdir, "compare.md")
+    with experiment.writing(path), open(path, "w") as f:
         f.write(table + "\n")
-    plot_curves(runs, os.path.join(args.workdir, "compare.png"), title="MNIST: RSO vs SGD")
+    path = os.path.join(args.workdir, "compare.png")
+    with experiment.writing(path):
+        plot_curves(runs, path, title="MNIST: RSO vs SGD")
     print(table)
     return table
 

@@ -6,6 +6,7 @@ epoch, with at least `test_accuracy`, `weight_updates` and `wall_time_s`
 print and write.
 """
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -16,18 +17,35 @@ RESULT_COLUMNS = ("test acc. (%)", "best (%)", "weight updates", "train time (s)
 
 def write_json(path: str, obj) -> None:
     """Writes `obj` as indented JSON, atomically: a reader never sees a half-written file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    with _atomic(path) as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def write_records(path: str, records: Iterable[dict]) -> None:
     """Writes `records` one JSON object per line, atomically."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    with _atomic(path) as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def append_record(path: str, record: dict) -> None:
+    """Appends `record` as one line (the file is open only while it is written)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+@contextlib.contextmanager
+def _atomic(path: str):
+    """A file written to `path.tmp` and renamed onto `path` once complete; removed if the write fails
+    (the space it took is given back)."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            yield f
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
     os.replace(tmp, path)
 
 

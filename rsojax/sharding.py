@@ -17,7 +17,8 @@ every device; see the README for data that does not fit on one device.
 Several hosts: `distributed_init` (`jax.distributed.initialize`) before anything else touches
 the devices, then `make_mesh` spans the devices of every process, and every process runs the
 same program on the same inputs. What only one process reads (a checkpoint) reaches the others
-through `broadcast_tree` and `broadcast_json`.
+through `broadcast_tree` and `broadcast_json`; what each process knows (a signal it received)
+reaches all of them through `process_values`.
 """
 
 import json
@@ -131,3 +132,10 @@ def broadcast_json(obj):
     padded = np.zeros(n, np.uint8)
     padded[: min(n, blob.size)] = blob[:n]
     return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(padded))).decode())
+
+
+def process_values(value: int) -> list[int]:
+    """Every process's `value`, in process order (one small all-gather; none with one process)."""
+    if jax.process_count() == 1:
+        return [int(value)]
+    return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.int32(value))).ravel()]

@@ -12,9 +12,8 @@ the records it resumes from again, behind a restart marker at step 0 (`purge_ste
 TensorBoard drops what the earlier files said, records past the checkpoint included.
 """
 
-import contextlib
 import numbers
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 STEP = "weight_updates"  # the record key that steps every series
 INSTALL = "pip install 'rsojax[tensorboard]'"
@@ -64,26 +63,24 @@ class EventWriter:
 
 
 class _NoEvents:
+    """What `event_files` gives where no event files are written: a writer that writes nothing."""
+
     def write(self, record: dict) -> None:
         del record
 
+    def close(self) -> None:
+        pass
 
-@contextlib.contextmanager
-def event_files(logdir: str | None, records: Iterable[dict] = ()) -> Iterator[EventWriter | _NoEvents]:
-    """An `EventWriter` into `logdir`, closed on exit; with `logdir=None`, one that writes nothing.
+
+def event_files(logdir: str | None, records: Iterable[dict] = ()) -> EventWriter | _NoEvents:
+    """An `EventWriter` into `logdir`; with `logdir=None`, one that writes nothing.
 
     Args:
       logdir: the directory of the event files, or None to write none.
       records: the records the run starts from (`EventWriter`).
 
-    Yields:
-      The writer: `write(record)` after each record is added to `metrics.jsonl`.
+    Returns:
+      The writer: `write(record)` after each record is added to `metrics.jsonl`, `close()` at
+      the end of the run.
     """
-    if logdir is None:
-        yield _NoEvents()
-        return
-    writer = EventWriter(logdir, records)
-    try:
-        yield writer
-    finally:
-        writer.close()
+    return _NoEvents() if logdir is None else EventWriter(logdir, records)

@@ -126,15 +126,7 @@ def problems(api, path: str) -> list[str]:
     return out
 
 
-# Names whose docstrings are being rewritten in rsojax/experiment/run.py and flags.py with the
-# long-run handling; strict, so the entry fails once their Args are in and must then go.
-PENDING = {"rsojax.experiment.train_and_evaluate", "rsojax.experiment.cli"}
-
-
-@pytest.mark.parametrize(
-    "path",
-    [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="Args pending")) if p in PENDING else p for p in EXPORTED],
-)
+@pytest.mark.parametrize("path", EXPORTED)
 def test_exported_name_documents_what_it_takes(api, path):
     assert not problems(api, path)
 

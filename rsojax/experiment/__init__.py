@@ -14,11 +14,15 @@ anything, then trains, writing into the workdir:
 - `metrics.jsonl`: a record per RSO layer sweep or SGD epoch (`rsojax.train`); with
   `tensorboard`, the same records as TensorBoard event files (`rsojax.tensorboard`);
 - `checkpoints/`: orbax, at every record and every `checkpoint_every_s` seconds;
-- `summary.json` and `curves.png` when the run ends.
+- `summary.json` and `curves.png` when the run ends;
+- `lock` while it runs: one run writes a workdir at a time (`workdir.WorkdirLock`).
 
-Rerunning it with the same workdir resumes from the newest checkpoint and ends exactly as an
-uninterrupted run would. With several processes (`distributed`), every process computes the
-same run and only process 0 writes.
+Rerunning it with the same workdir resumes from the newest checkpoint that restores and ends
+exactly as an uninterrupted run would. SIGTERM, SIGUSR1 and Ctrl-C stop a run at the next
+chunk boundary after a checkpoint (`Preempted`); a write that fails stops it with a
+`WriteError` naming the file (`cli` gives each its exit status). With several processes
+(`distributed`), every process computes the same run, stops at the same chunk, and only
+process 0 writes.
 """
 
 from rsojax.experiment.config import (
@@ -34,17 +38,24 @@ from rsojax.experiment.config import (
     load_data,
 )
 from rsojax.experiment.flags import cli, flag_targets, parse_flags, parser
+from rsojax.experiment.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preempted
 from rsojax.experiment.run import train_and_evaluate
+from rsojax.experiment.workdir import WorkdirLock, WriteError, writing
 
 __all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_PREEMPTED",
     "FIRST_RUN",
     "OPTIMIZERS",
     "RESUMABLE",
     "TASKS",
     "ExperimentConfig",
+    "Preempted",
     "SGDConfig",
     "Task",
     "UsageError",
+    "WorkdirLock",
+    "WriteError",
     "build_model",
     "cli",
     "flag_targets",
@@ -52,4 +63,5 @@ __all__ = [
     "parse_flags",
     "parser",
     "train_and_evaluate",
+    "writing",
 ]

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from rsojax import xla_flags
 from rsojax.experiment.config import FIRST_RUN, TASKS, ExperimentConfig, UsageError
+from rsojax.experiment.preemption import EXIT_INTERRUPTED, Preempted
+from rsojax.experiment.workdir import WriteError
 
 
 def flag_targets(config) -> dict[str, list[tuple[tuple[str, ...], dataclasses.Field, type]]]:
@@ -154,16 +156,36 @@ def flagged(message: str) -> str:
 
 
 def cli(main: Callable[[], object], prog: str) -> int:
-    """Runs `main()` for a command line, with `rsojax.xla_flags.RECOMMENDED` set: a
-    `UsageError` becomes one line on stderr and exit code 2, Ctrl-C exit code 130 with the
-    advice to resume."""
+    """Runs `main()` for a command line, with `rsojax.xla_flags.RECOMMENDED` set; what stops a run
+    becomes one line on stderr and an exit status:
+
+    - 0: done;
+    - 2: a `UsageError` (a bad setting, data or workdir; nothing was written);
+    - 74: a `WriteError` (a file could not be written, a full disk for example; fix it and rerun);
+    - 75: `Preempted` by SIGTERM or SIGUSR1 after a checkpoint (rerun to resume; a job script
+      requeues on it);
+    - 130: Ctrl-C (after a checkpoint, or at once on a second Ctrl-C; rerun to resume).
+
+    Args:
+      main: the command line's work, e.g. parsing the flags and calling `train_and_evaluate`.
+      prog: the command's name, which starts every line it prints.
+
+    Returns:
+      The exit status above.
+    """
     xla_flags.use_recommended()
     try:
         main()
     except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except WriteError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return e.exit_status
+    except Preempted as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return e.exit_status
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return 0

@@ -7,19 +7,24 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import jax
 import optax
 
 from rsojax import sharding
-from rsojax.checkpoint import CheckpointError, Checkpointer
+from rsojax.checkpoint import Checkpointer, CheckpointError
 from rsojax.data import Dataset
 from rsojax.evaluators import EVALUATORS
-from rsojax.experiment.config import FIRST_RUN, RESUMABLE, TASKS, ExperimentConfig, UsageError, build_model, load_data
+from rsojax.experiment import preemption
+from rsojax.experiment import workdir as workdirs
+from rsojax.experiment.config import FIRST_RUN, TASKS, ExperimentConfig, UsageError, build_model, load_data
 from rsojax.experiment.flags import flagged
+from rsojax.experiment.preemption import Preempted, StopSignals
+from rsojax.experiment.workdir import WorkdirLock, WriteError, writing
 from rsojax.layer_order import get_leaf
-from rsojax.records import write_json, write_records
+from rsojax.records import append_record, write_json, write_records
 from rsojax.tensorboard import check_installed, event_files
 from rsojax.train import SGDRun, Step, params_sha256, rso_trainer, run_rso, run_sgd, start_rso, start_sgd
 
@@ -36,13 +41,15 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
-log = logging.getLogger("rsojax.experiment")
-if not log.handlers:  # absl configures the root logger when TensorFlow loads: keep our own
+# The library's lines (the run's, and the warnings of rsojax.checkpoint) go to stderr with a time.
+_library_log = logging.getLogger("rsojax")
+if not _library_log.handlers:  # absl configures the root logger when TensorFlow loads: keep our own
     _handler = _Stderr()
     _handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    log.addHandler(_handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    _library_log.addHandler(_handler)
+    _library_log.setLevel(logging.INFO)
+    _library_log.propagate = False
+log = logging.getLogger("rsojax.experiment")
 
 
 def train_and_evaluate(config: ExperimentConfig, workdir: str) -> dict:
@@ -51,77 +58,213 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str) -> dict:
     Resumes the run in `workdir` if there is one (it must have the same config, but for
     `RESUMABLE` settings); a finished run is not rerun. Every setting, the data and the
     workdir are checked before anything is written, so a refused run leaves the workdir as it
-    was and the corrected call can use it.
+    was and the corrected call can use it. Process 0 holds the workdir's lock while it runs.
+
+    Args:
+      config: every setting of the run (`parse_flags` makes one from a command line).
+      workdir: the directory of the run's files; made if missing.
 
     Returns:
       The summary (`summary.json`): final and best test accuracy, weight updates, training
       time, `params_sha256`, the config, the devices; `{}` on processes other than 0.
 
     Raises:
-      UsageError: a bad setting, data or workdir, or a workdir holding another run.
+      UsageError: a bad setting, data or workdir, a workdir in use or holding another run, or
+        checkpoints none of which can be restored.
+      Preempted: SIGTERM, SIGUSR1 or Ctrl-C stopped the run after a checkpoint.
+      WriteError: a file of the run could not be written (the newest checkpoint is intact).
     """
-    task = TASKS[config.task]
+    _say_if_paper_protocol(config)
+    writer = _join_processes(config)
+    lock = WorkdirLock(workdir) if writer else None
+    try:
+        with StopSignals() as signals:
+            _on_process_0(lambda: workdirs.check(workdir, config, lock))
+            mesh, data, training = _prepare(config)
+            # Everything is checked: from here on the workdir is written (by process 0).
+            _on_process_0(lambda: workdirs.create(workdir, config, lock))
+            with _checkpoints(workdir, writer) as checkpointer:
+                start, records, finished = _resume(checkpointer, training.fresh)
+                if finished:
+                    summary = _read_summary(workdir) if writer else {}
+                    if summary is not None:
+                        return _already_finished(summary, workdir)
+                else:
+                    _say_start(config, data, mesh, start)
+                    start = _train(config, training, start, records, checkpointer, workdir, signals)
+                return _finish(config, mesh, start, records, checkpointer, workdir, finished_saved=finished)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _say_if_paper_protocol(config: ExperimentConfig):
     if config.is_paper_protocol():
         log.info(
             "the paper's protocol: RSO, %d cycles at batch %d on the whole %s training set (GPU work; "
-            "a first run on a CPU: %s)", config.rso.cycles, config.rso.batch_size, task.title, FIRST_RUN,
+            "a first run on a CPU: %s)", config.rso.cycles, config.rso.batch_size, TASKS[config.task].title, FIRST_RUN,
         )
+
+
+def _join_processes(config: ExperimentConfig) -> bool:
+    """Joins a multi-process run if asked; whether this process writes the workdir (process 0:
+    the others compute the same run and write nothing)."""
     if config.distributed:  # unset values come from the environment or the cluster (Slurm, Open MPI)
         sharding.distributed_init(config.coordinator_address, config.num_processes, config.process_id)
-    writer = jax.process_index() == 0  # the other processes compute the same run and write nothing
-    if writer:
-        _check_workdir(workdir, config)
-    else:
+    writer = jax.process_index() == 0
+    if not writer:
         log.setLevel(logging.WARNING)
-    mesh, data, training = _prepare(config)
+    return writer
 
-    # Everything is checked: from here on the workdir is written (by process 0).
-    summary_path = os.path.join(workdir, "summary.json")
-    if writer:
-        _create_workdir(workdir, config)
-    # Made after the data is loaded: TFDS's mock file system (tests) is active while a
-    # dataset loads, and would catch the checkpoint manager's background file operations.
+
+def _on_process_0(check: Callable[[], None]):
+    """Runs `check` on process 0 and raises its `UsageError` on every process."""
+    error = None
+    if jax.process_index() == 0:
+        try:
+            check()
+        except UsageError as e:
+            error = str(e)
+    if jax.process_count() > 1:
+        error = sharding.broadcast_json(error)
+    if error:
+        raise UsageError(error)
+
+
+@contextmanager
+def _checkpoints(workdir: str, writer: bool):
+    """The run's `Checkpointer` on process 0 (None on the others), closed when the run ends.
+
+    Made after the data is loaded: TFDS's mock file system (tests) is active while a dataset
+    loads, and would catch the checkpoint manager's background file operations.
+    """
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints")) if writer else None
-    restored, meta = _restore(checkpointer, training.fresh)
-    if restored and meta["finished"] and (os.path.exists(summary_path) or not writer):
+    try:
+        yield checkpointer
+    finally:
         if checkpointer is not None:
             checkpointer.close()
-        if not writer:
-            return {}
-        summary = json.load(open(summary_path))
-        log.info("the run in %s has finished already: %s", workdir, _result(summary))
-        return summary
 
-    start = restored or training.fresh
-    progress = Progress(training.total, training.position(start)[0], config.progress_every_s, writer, training.unit)
+
+def _resume(checkpointer: Checkpointer | None, fresh: Step) -> tuple[Step, list, bool]:
+    """`(step, records, finished)` of the newest checkpoint that restores (`fresh`, [] and False if
+    there is none). With several processes, process 0 reads it and sends it to the others.
+
+    Raises:
+      UsageError: there are checkpoints, and none restores.
+    """
+    found, error = None, None
+    if checkpointer is not None:
+        try:
+            found = checkpointer.restore(fresh.run)
+        except CheckpointError as e:
+            error = str(e)
+    if jax.process_count() > 1:
+        meta, error = sharding.broadcast_json([found and found[2], error])
+        found = None if meta is None else (None, sharding.broadcast_tree(found[1] if found else fresh.run), meta)
+    if error:
+        raise UsageError(flagged(error))
+    if found is None:
+        return fresh, [], False
+    _, run, meta = found
+    return Step(run, meta["weight_updates"], meta["wall_time_s"]), list(meta["records"]), meta["finished"]
+
+
+def _read_summary(workdir: str) -> dict | None:
+    """The finished run's summary; None if it has none, with a warning if it cannot be read."""
+    path = os.path.join(workdir, "summary.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("%s cannot be read (%s: %s); writing it again from the final checkpoint", path, type(e).__name__, e)
+        return None
+
+
+def _already_finished(summary: dict, workdir: str) -> dict:
+    if summary:  # process 0
+        log.info("the run in %s has finished already: %s", workdir, _result(summary))
+    return summary
+
+
+def _say_start(config: ExperimentConfig, data: Dataset, mesh, start: Step):
     log.info(
         "%s on %d %s training images, %s x%d in %d process(es), %s",
-        config.optimizer, data.x_train.shape[0], task.title, jax.devices()[0], mesh.size, jax.process_count(),
-        f"resuming after {restored.weight_updates:,} weight updates" if restored else "from the start",
+        config.optimizer, data.x_train.shape[0], TASKS[config.task].title, jax.devices()[0], mesh.size,
+        jax.process_count(),
+        f"resuming after {start.weight_updates:,} weight updates" if start.weight_updates else "from the start",
     )
 
-    records = list(meta["records"]) if restored else []
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    if writer:
-        write_records(metrics_path, records)  # the records of the checkpoint resumed from, nothing after it
-    step, last_save = start, time.monotonic()
-    with (
-        open(metrics_path if writer else os.devnull, "a") as metrics_file,
-        event_files(workdir if writer and config.tensorboard else None, records) as events,
-    ):
-        for step in training.steps(start):
-            if step.record is not None:
-                records.append(step.record)
-                metrics_file.write(json.dumps(step.record) + "\n")
-                metrics_file.flush()
-                events.write(step.record)
-                progress.note(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in step.record.items()))
-            progress.update(*training.position(step))
-            if step.record is not None or time.monotonic() - last_save >= config.checkpoint_every_s:
-                _save(checkpointer, step, records, finished=False)
-                last_save = time.monotonic()
-    progress.close()
 
+def _train(config: ExperimentConfig, training: "_Training", start: Step, records: list, checkpointer, workdir: str,
+           signals: StopSignals) -> Step:
+    """Runs `training` from `start` to its end, adding to `records` and writing them and
+    checkpoints (process 0); returns the last step.
+
+    Before the first chunk and after each one, every process takes the same decision
+    (`StopSignals.agree`): go on, or stop there, after a checkpoint, on a signal (`Preempted`)
+    or a failed write (`WriteError`).
+    """
+    if (decision := signals.agree()) != preemption.GO_ON:  # a signal while the data loaded or the checkpoint was read
+        raise _stopped(signals, decision, f"before training, at {training.position(start)[1]}")
+    metrics = os.path.join(workdir, "metrics.jsonl") if checkpointer is not None else None
+    if metrics is not None:
+        with writing(metrics):  # the records of the checkpoint resumed from, nothing after it
+            write_records(metrics, records)
+    progress = Progress(training.total, training.position(start)[0], config.progress_every_s, metrics is not None,
+                        training.unit)
+    step, last_save = start, time.monotonic()
+    events = event_files(workdir if metrics is not None and config.tensorboard else None, records)
+    try:
+        for step in training.steps(start):
+            saved, failure = False, None
+            try:
+                if step.record is not None:
+                    _add_record(step.record, records, metrics, events, progress)
+                progress.update(*training.position(step))
+                if step.record is not None or time.monotonic() - last_save >= config.checkpoint_every_s:
+                    _save(checkpointer, step, records, finished=False)
+                    saved, last_save = True, time.monotonic()
+            except WriteError as e:
+                failure = e
+            decision = signals.agree(failed=failure is not None)
+            if failure is not None:
+                raise failure
+            if decision == preemption.FAILED:
+                raise WriteError("process 0 could not write the workdir (its error names the file); fix it and "
+                                 "rerun the same command to resume")
+            if decision != preemption.GO_ON:
+                if not saved:
+                    _save(checkpointer, step, records, finished=False)
+                raise _stopped(signals, decision, f"at {training.position(step)[1]}, after a checkpoint of "
+                                                  f"{step.weight_updates:,} weight updates in {workdir}")
+    finally:
+        events.close()
+        progress.close()
+    return step
+
+
+def _stopped(signals: StopSignals, decision: int, when: str) -> Preempted:
+    return Preempted(f"stopped by {signals.name(decision)} {when}; rerun the same command to resume",
+                     interrupted=decision == preemption.INTERRUPT)
+
+
+def _add_record(record: dict, records: list, metrics: str | None, events, progress: "Progress"):
+    """The one place a finished record goes: the run's records, `metrics.jsonl` and the
+    TensorBoard events (process 0), the log."""
+    records.append(record)
+    if metrics is not None:
+        with writing(metrics):
+            append_record(metrics, record)
+        events.write(record)
+    progress.note(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+
+
+def _finish(config: ExperimentConfig, mesh, step: Step, records: list, checkpointer, workdir: str,
+            finished_saved: bool) -> dict:
+    """Writes the curves, `summary.json` and the final checkpoint (process 0); the summary."""
     params = step.run.params if isinstance(step.run, SGDRun) else step.run.state.params
     summary = {
         "task": config.task,
@@ -137,15 +280,18 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str) -> dict:
         "device": str(jax.devices()[0]),
         **sharding.describe(mesh),
     }
-    if not writer:
+    if checkpointer is None:
         return {}
     from rsojax.plots import plot_curves  # matplotlib only where curves are drawn
 
     name = config.optimizer.upper()
-    plot_curves({name: records}, os.path.join(workdir, "curves.png"), title=f"{task.title}, {name}")
-    write_json(summary_path, summary)
-    _save(checkpointer, step, records, finished=True)
-    checkpointer.close()
+    curves, summary_path = os.path.join(workdir, "curves.png"), os.path.join(workdir, "summary.json")
+    with writing(curves):
+        plot_curves({name: records}, curves, title=f"{TASKS[config.task].title}, {name}")
+    with writing(summary_path):
+        write_json(summary_path, summary)
+    if not finished_saved:
+        _save(checkpointer, step, records, finished=True)
     log.info("%s, %s", _result(summary), workdir)
     return summary
 
@@ -223,73 +369,14 @@ def _rso_training(config: ExperimentConfig, model, data: Dataset, mesh) -> _Trai
     return _Training(fresh, steps, cycles * per_cycle, "weight", position)
 
 
-def _flat(saved: dict, prefix: str = "") -> dict:
-    """A saved config flattened: {"rso": {"batch_size": 5000}} -> {"rso.batch_size": 5000}."""
-    out = {}
-    for k, v in saved.items():
-        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v}
-    return out
-
-
-def _check_workdir(workdir: str, config: ExperimentConfig):
-    """Refuses, writing nothing, a workdir that cannot be written or holds another run."""
-    existing = workdir
-    while not os.path.exists(existing) and os.path.dirname(os.path.abspath(existing)) != os.path.abspath(existing):
-        existing = os.path.dirname(os.path.abspath(existing))
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--workdir: {workdir} cannot be written ({existing} is not a writable directory)")
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = _flat(json.load(f))
-    current = _flat(json.loads(json.dumps(dataclasses.asdict(config))))
-    differ = sorted(k for k in saved.keys() | current.keys() if k.split(".")[-1] not in RESUMABLE and saved.get(k) != current.get(k))
-    if differ:
-        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differ)
-        raise UsageError(
-            f"--workdir: {workdir} holds a run with another configuration ({changes}); "
-            "use a new --workdir, or the saved settings to resume"
-        )
-
-
-def _create_workdir(workdir: str, config: ExperimentConfig):
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        path = os.path.join(workdir, "config.json")
-        if not os.path.exists(path):
-            write_json(path, dataclasses.asdict(config))
-    except OSError as e:
-        raise UsageError(f"--workdir: {workdir} cannot be written ({e.strerror})") from None
-
-
 def _save(checkpointer: Checkpointer | None, step: Step, records: list, finished: bool):
     if checkpointer is None:  # not process 0
         return
     meta = {"records": records, "weight_updates": step.weight_updates, "wall_time_s": step.wall_time_s, "finished": finished}
     # SGD steps count epochs; RSO steps count weights visited: both increase with every save.
     number = int(step.run.epoch) if isinstance(step.run, SGDRun) else step.weight_updates
-    checkpointer.save(number + int(finished), step.run, meta)
-
-
-def _restore(checkpointer: Checkpointer | None, fresh: Step) -> tuple[Step | None, dict | None]:
-    """The newest checkpoint as a Step and its metadata; (None, None) if there is none. With
-    several processes, process 0 reads it and sends it to the others."""
-    found, error = None, None
-    if checkpointer is not None:
-        try:
-            found = checkpointer.restore(fresh.run)
-        except CheckpointError as e:
-            error = str(e)
-    if jax.process_count() > 1:
-        meta, error = sharding.broadcast_json([found and found[2], error])
-        found = None if meta is None else (None, sharding.broadcast_tree(found[1] if found else fresh.run), meta)
-    if error:
-        raise UsageError(flagged(error))
-    if found is None:
-        return None, None
-    _, run, meta = found
-    return Step(run, meta["weight_updates"], meta["wall_time_s"]), meta
+    with writing(checkpointer.directory):
+        checkpointer.save(number + int(finished), step.run, meta)
 
 
 class Progress:
