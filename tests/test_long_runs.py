@@ -310,7 +310,7 @@ def test_finished_run_writes_a_damaged_or_missing_summary_again(compared, mnist_
         os.remove(summary)
     else:
         os.truncate(summary, 100)
-    status, err = run_cli(tiny_argv(mnist_npz, workdir, "sgd"))
+    status, err = run_cli(tiny_argv(mnist_npz, workdir, "sgd", "--tensorboard"))  # as `compared` ran it
     assert status == 0 and "Traceback" not in err
     assert (f"{summary} cannot be read" in err) == (damage == "truncated")
     assert json.loads(Path(summary).read_text()) == expected  # the final checkpoint and records give it whole
