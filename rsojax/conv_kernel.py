@@ -33,9 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
 
 CONVS = ("xla", "pallas", "auto")
 BLOCK_ROWS = 128  # rows (pixels) per program: a power of two (Triton's tiles), tunable per card
+NUM_WARPS = 4  # Triton warps per program
 
 
 def check_conv(conv: str) -> str:
@@ -159,6 +161,9 @@ def conv3x3_pallas(
             jax.ShapeDtypeStruct((tiles, o), dtype),
         ],
         interpret=interpret,
+        # Triton's lowering (this jax's default GPU lowering is Mosaic GPU, whose copies to
+        # shared memory take at most 256 elements per dimension: the whole input is one block).
+        compiler_params=pl_triton.CompilerParams(num_warps=NUM_WARPS),
         name="conv3x3_bn_stats",
     )(x_rows, taps)
     y = y_rows[:n_rows].reshape(b, h + 2, w + 2, o)[:, 1 : h + 1, 1 : w + 1]
