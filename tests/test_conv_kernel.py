@@ -12,8 +12,7 @@ import pytest
 import rsojax
 from rsojax.conv_kernel import conv3x3_pallas, conv3x3_xla
 from rsojax.evaluators import Incremental
-from rsojax.experiment import ExperimentConfig, build_model
-from rsojax.experiment.flags import parser
+from rsojax.experiment import ExperimentConfig, UsageError, build_model, parse_flags
 from rsojax.models import ConvBlock, PoolHead, Sequential
 
 
@@ -202,8 +201,10 @@ def test_switch_settings():
     if jax.default_backend() != "gpu":
         with pytest.raises(ValueError, match="^conv: the Pallas kernel runs on GPUs only"):
             build_model(ExperimentConfig(conv="pallas"))
-    args = parser("mnist").parse_args(["--workdir", "w", "--conv", "auto"])
-    assert args.conv == "auto"
+    config, _ = parse_flags(["--workdir", "w", "--conv", "auto"])
+    assert config.conv == "auto"
+    with pytest.raises(UsageError, match="^--conv: the SGD baseline"):
+        parse_flags(["--workdir", "w", "--conv", "pallas", "--optimizer", "sgd"])
 
 
 def test_xla_backend_is_flax_conv():
