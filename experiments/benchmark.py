@@ -313,6 +313,7 @@ def run(args) -> dict:
         "achieved_gbytes_per_s": moved / cycle_seconds / 1e9,
         "compile_seconds": compile_seconds,
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device_peak_memory_mb": (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0) / 2**20 or None,
         "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} cores",
         "jax_version": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
