@@ -48,7 +48,8 @@ def check_conv(conv: str) -> str:
 
 
 def resolve_conv(conv: str) -> str:
-    """The backend a setting stands for: "auto" is "xla" until a GPU measurement changes it."""
+    """The backend a setting stands for: "auto" is "xla", as no GPU run has yet shown the kernel
+    faster with the same decisions (docs/gpu-kernel.md)."""
     return "xla" if check_conv(conv) == "auto" else conv
 
 
