@@ -14,7 +14,9 @@ depend on the values.
 
 --precision sets the precision of convolutions and matrix products (`rsojax.precision`): full
 float32 by default, `default` for the backend's own (TF32 on NVIDIA GPUs; CPUs compute float32
-either way). --global_pool picks the network's global pool (max, as the reference code).
+either way). --conv picks the 3x3 convolutions' backend (`rsojax.conv_kernel`: XLA, or the
+Pallas kernel, which off a GPU runs in interpret mode). --global_pool picks the network's
+global pool (max, as the reference code).
 
 --trace DIR writes a `jax.profiler` trace of every layer's timed weights, swept once more
 after timing, to DIR/<layer> (viewable in TensorBoard's profile plugin or XProf), with the
@@ -36,6 +38,7 @@ import jax.numpy as jnp
 
 import rsojax
 from rsojax import sharding, xla_flags
+from rsojax.conv_kernel import CONVS, resolve_conv
 from rsojax.evaluators import EVALUATORS
 from rsojax.evaluators.incremental import handles
 from rsojax.models import GLOBAL_POOLS, ConvBlock, PoolHead, ResidualBlock
@@ -211,7 +214,7 @@ def timed(fn, *args, **kwargs):
 
 def setup(args):
     """The network, random data of its input shape, and an `RSO` over them with its first state."""
-    model = MODELS[args.model][0](global_pool=args.global_pool)
+    model = MODELS[args.model][0](global_pool=args.global_pool, conv=args.conv)
     kx, ky, kp = jax.random.split(jax.random.key(args.seed), 3)
     x = jax.random.normal(kx, (args.train_size, *model.input_shape), jnp.float32)
     y = jax.random.randint(ky, (args.train_size,), 0, 10)
@@ -302,6 +305,7 @@ def summary(args, mesh, costs, inputs_s: float, per_layer: list[dict], compile_s
         "model": args.model,
         "mode": args.mode,
         "precision": args.precision,
+        "conv": resolve_conv(args.conv),
         "global_pool": args.global_pool,
         "batch_size": args.batch_size,
         "train_size": args.train_size,
@@ -319,6 +323,7 @@ def summary(args, mesh, costs, inputs_s: float, per_layer: list[dict], compile_s
         "achieved_gbytes_per_s": moved / cycle_seconds / 1e9,
         "compile_seconds": compile_seconds,
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device_peak_memory_mb": (device.memory_stats() or {}).get("peak_bytes_in_use", 0) / 2**20 or None,
         "device": f"{device.platform}: {device.device_kind} x{jax.device_count()}, {os.cpu_count()} cores",
         "jax_version": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -360,6 +365,7 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=list(EVALUATORS), default="incremental", help="the evaluation path")
     parser.add_argument("--precision", choices=list(PRECISIONS), default="float32",
                         help="of convolutions and matrix products (RSOConfig.precision)")
+    parser.add_argument("--conv", choices=CONVS, default="xla", help="the 3x3 convolutions' backend (rsojax.conv_kernel)")
     parser.add_argument("--global_pool", choices=GLOBAL_POOLS, default="max", help="the network's global pool")
     parser.add_argument("--out", default=None, metavar="FILE.json")
     parser.add_argument("--train_size", type=int, default=None, help="default: the dataset's (60,000 or 50,000)")
@@ -381,7 +387,7 @@ def main(argv=None):
     if args.devices > 1:  # on a CPU backend, as many devices as asked (no effect on GPUs and TPUs)
         jax.config.update("jax_num_cpu_devices", args.devices)
     print(
-        f"model={args.model} mode={args.mode} precision={args.precision} global_pool={args.global_pool} batch_size={args.batch_size}"
+        f"model={args.model} mode={args.mode} precision={args.precision} conv={args.conv} global_pool={args.global_pool} batch_size={args.batch_size}"
         f" train_size={args.train_size} K={args.weights_per_layer} devices={args.devices}"
     )
     print(f"{'layer':28s} {'n':>6s} {'timed':>5s} {'weights/s':>10s} {'prepare s':>9s} {'layer s':>10s} {'GFLOP/s':>8s} {'GB/s':>6s}")

@@ -2,8 +2,9 @@
 
     PYTHONPATH=. python3 experiments/gpu_check.py --data gpu/mnist.npz --out $OUT --budget_s 480
 
-Four parts, each with a share of --budget_s (time a part leaves unused goes to the next);
-each is guarded, so a failure in one is recorded and the others still run:
+Four parts by default and a fifth on request, each with a share of --budget_s (time a part
+leaves unused goes to the next); each is guarded, so a failure in one is recorded and the
+others still run:
 
   benchmark  `experiments/benchmark.py` per evaluator (incremental, cached) at batch 5000
              and 512, at precision float32 and default (TF32 on NVIDIA GPUs), as
@@ -17,6 +18,13 @@ each is guarded, so a failure in one is recorded and the others still run:
              one state (`rsojax.diagnostics.agreement`, with the Cached evaluator).
   sgd        the optax SGD baseline (`rsojax.experiment.SGDConfig`) on the same network,
              data and card, for as many epochs as fit: seconds per epoch and test accuracy.
+  kernel     (only when --parts names it) the decisions of the Pallas convolution
+             (`rsojax.conv_kernel`, conv "pallas") against XLA's at float32 for random conv-2
+             weights, from the protocol's state as `agreement` does, and the device's peak memory.
+
+--bench_convs runs each benchmark with each convolution backend (`benchmark.py --conv`);
+--bench_cifar10_batch_sizes adds CIFAR-10 benchmarks (`benchmark.py --model cifar10`, all
+50,000 training images) at those batch sizes. docs/gpu-kernel.md has the kernel's device call.
 
 --parts picks the parts (their budget shares are renormalised). --baseline DIR runs each
 benchmark of --baseline_modes once more from another checkout (an earlier commit unpacked
@@ -46,7 +54,8 @@ import traceback
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = {"benchmark": 0.40, "protocol": 0.30, "agreement": 0.10, "sgd": 0.15}  # shares of the budget
+PARTS = {"benchmark": 0.40, "protocol": 0.30, "agreement": 0.10, "kernel": 0.10, "sgd": 0.15}  # shares, in run order
+DEFAULT_PARTS = ("benchmark", "protocol", "agreement", "sgd")
 RESERVE = 0.05  # of the budget, kept for writing the results
 AGREEMENT_LAYER = "stages_1/Conv_0/kernel"  # conv 2: the layer of the measurement in docs/results.md
 
@@ -54,12 +63,14 @@ AGREEMENT_LAYER = "stages_1/Conv_0/kernel"  # conv 2: the layer of the measureme
 FULL = {
     "train_subset": 0, "batch_size": 5000, "channels": 16, "max_cycles": 0, "sgd_batch_size": 128, "max_epochs": 0,
     "agreement_weights": 256, "bench_modes": "incremental,cached", "bench_batch_sizes": "5000,512",
-    "bench_precisions": "float32,default", "bench_train_size": 60000, "bench_weights": 36,
+    "bench_precisions": "float32,default", "bench_train_size": 60000, "bench_weights": 36, "bench_convs": "xla",
+    "bench_cifar10_batch_sizes": "",
 }
 TINY = {
     "train_subset": 512, "batch_size": 64, "channels": 2, "max_cycles": 2, "sgd_batch_size": 64, "max_epochs": 2,
     "agreement_weights": 16, "bench_modes": "cached", "bench_batch_sizes": "32",
-    "bench_precisions": "float32", "bench_train_size": 256, "bench_weights": 1,
+    "bench_precisions": "float32", "bench_train_size": 256, "bench_weights": 1, "bench_convs": "xla",
+    "bench_cifar10_batch_sizes": "",
 }
 
 
@@ -94,8 +105,9 @@ class Check:
     def deadline(self, part: str) -> float:
         """When `part` must stop: its share of the time left, against the parts still to run."""
         names = [p for p in PARTS if p in self.args.parts]
-        left = sum(PARTS[p] for p in names[names.index(part):])
-        return time.monotonic() + max(self.end - time.monotonic(), 0.0) * PARTS[part] / left
+        shares = PARTS | self.args.shares
+        left = sum(shares[p] for p in names[names.index(part):])
+        return time.monotonic() + max(self.end - time.monotonic(), 0.0) * shares[part] / left
 
     def run(self, part: str, fn, *args):
         """Runs `fn(deadline, result, *args)`, a part filling `result`; records its status,
@@ -171,17 +183,24 @@ def preflight() -> str:
 
 
 def benchmark_plan(a) -> list[tuple[str, str, str, list[str]]]:
-    """(name, checkout, its root, benchmark.py's arguments) per run, batch 5000 first; each
-    run of a --baseline_modes evaluator followed by the same run from the baseline."""
+    """(name, checkout, its root, benchmark.py's arguments) per run, batch 5000 first, MNIST
+    then CIFAR-10, each convolution backend; each XLA run of a --baseline_modes evaluator
+    followed by the same run from the baseline (which has XLA's convolution only)."""
     plan = []
-    for batch in map(int, a.bench_batch_sizes.split(",")):
+    cifar10 = ["--model", "cifar10", "--train_size", str(min(a.bench_train_size, 50000))]  # CIFAR-10 has 50,000
+    sizes = [(b, "", []) for b in map(int, a.bench_batch_sizes.split(","))]
+    sizes += [(b, "cifar10_", cifar10) for b in map(int, filter(None, a.bench_cifar10_batch_sizes.split(",")))]
+    for batch, model, model_args in sizes:
         for mode in a.bench_modes.split(","):
             for precision in a.bench_precisions.split(","):
-                args = ["--mode", mode, "--batch_size", str(batch), "--precision", precision]
-                name = f"{mode}_{batch}_{precision}"
-                plan.append((name, "this", ROOT, args))
-                if a.baseline and mode in a.baseline_modes.split(","):
-                    plan.append((f"baseline_{name}", "baseline", os.path.abspath(a.baseline), args))
+                for conv in a.bench_convs.split(","):
+                    args = ["--mode", mode, "--batch_size", str(batch), "--precision", precision, *model_args]
+                    name = f"{model}{mode}_{batch}_{precision}"
+                    if conv != "xla":
+                        args, name = [*args, "--conv", conv], f"{name}_{conv}"
+                    plan.append((name, "this", ROOT, args))
+                    if a.baseline and conv == "xla" and mode in a.baseline_modes.split(","):
+                        plan.append((f"baseline_{name}", "baseline", os.path.abspath(a.baseline), args))
     return plan
 
 
@@ -210,8 +229,8 @@ def benchmark(deadline: float, result: dict, check: Check):
             check.say(f"benchmark {name}: skipped ({left:.0f} s left)")
             continue
         out = os.path.join(tmp, f"{name}.json")
-        cmd = [sys.executable, os.path.join(root, "experiments", "benchmark.py"), *args,
-               "--train_size", str(a.bench_train_size), "--weights_per_layer", str(a.bench_weights), "--out", out]
+        cmd = [sys.executable, os.path.join(root, "experiments", "benchmark.py"), "--train_size", str(a.bench_train_size),
+               *args, "--weights_per_layer", str(a.bench_weights), "--out", out]
         if a.trace and i == 0:
             cmd += ["--trace", os.path.join(tmp, "trace")]
         tic = time.monotonic()
@@ -320,6 +339,37 @@ def agreement(deadline: float, result: dict, check: Check, setup, state):
               f"median gap {result['median_gap']:.3g}")
 
 
+def kernel(deadline: float, result: dict, check: Check, setup, state):
+    """The Pallas convolution against XLA's, both float32, on random conv-2 weights from `state`."""
+    import jax
+
+    from rsojax.diagnostics import agreement as compare
+    from rsojax.evaluators import EVALUATORS
+    from rsojax.rso import RSO
+    from rsojax.train import start_rso
+
+    del deadline  # one compiled call per backend: nothing to stop between
+    config, model, data, rso = setup
+    if state is None:
+        state = start_rso(rso, model, data, config.seed, config.init_seed).run.state
+        result["state"] = "initial parameters (the protocol part reached no state)"
+    else:
+        result["state"] = "after the protocol part"
+    pallas = model.clone(stages=tuple(s.clone(conv="pallas") if hasattr(s, "conv") else s for s in model.stages))
+    cfg = dataclasses.replace(config.rso, precision="float32", parallel_vmap=4)
+    a, b = (RSO(EVALUATORS["cached"](m), rso.layers, cfg, mesh=rso.mesh) for m in (model, pallas))
+    n = a.n_weights(state, AGREEMENT_LAYER)
+    positions = np.sort(np.random.default_rng(0).choice(n, min(check.args.agreement_weights, n), replace=False))
+    result |= {"layer": AGREEMENT_LAYER, "cycle": int(state.cycle), "batch_size": config.rso.batch_size,
+               "convs": ["xla", "pallas"], "precision": "float32"}
+    result |= compare(a, b, state, (data.x_train, data.y_train), AGREEMENT_LAYER, positions)
+    memory = jax.devices()[0].memory_stats() or {}
+    result["device_peak_memory_mb"] = memory.get("peak_bytes_in_use", 0) / 2**20 or None
+    check.say(f"kernel: {result['agree']} of {result['weights']} decisions equal to XLA's "
+              f"({100 * result['agreement']:.1f}%), median loss error {result['median_loss_error']:.3g}, "
+              f"median gap {result['median_gap']:.3g}; device peak memory {result['device_peak_memory_mb']} MB")
+
+
 def sgd(deadline: float, result: dict, check: Check, setup):
     """The optax SGD baseline until the deadline or `max_epochs`."""
     import optax
@@ -357,26 +407,29 @@ def markdown(results: dict) -> str:
     out += benchmark_markdown(parts.get("benchmark", {}), results["commit"], results.get("baseline"))
     out += protocol_markdown(parts.get("protocol", {}))
     out += agreement_markdown(parts.get("agreement", {}))
+    if "kernel" in parts:
+        out += kernel_markdown(parts["kernel"])
     out += sgd_markdown(parts.get("sgd", {}))
     return "\n".join(out)
 
 
 def benchmark_markdown(bench: dict, commit: str, baseline: str | None) -> list[str]:
-    """A row per benchmark run: evaluator, batch, precision, the checkout's commit, the times."""
+    """A row per benchmark run: evaluator, batch, precision, convolution, the checkout's commit, the times."""
     from rsojax.records import markdown_table
 
     rows = []
     for run in bench.get("runs", []):
         r = run.get("result")
         if r is None:
-            rows.append([run["name"], "", "", "", run["status"], "", "", "", ""])
+            rows.append([run["name"], "", "", "", "", run["status"], "", "", "", ""])
             continue
         conv2 = next(x for x in r["per_layer"] if x["layer"] == AGREEMENT_LAYER)
         checkout = commit if run.get("checkout", "this") == "this" else baseline
-        rows.append([r["mode"], r["batch_size"], r["precision"], checkout, f"{r['cycle_seconds']:.2f}",
+        mode = r["mode"] if r["model"] == "mnist" else f"{r['mode']} ({r['model']})"
+        rows.append([mode, r["batch_size"], r["precision"], r.get("conv", "xla"), checkout, f"{r['cycle_seconds']:.2f}",
                      f"{1000 / conv2['weights_per_s']:.3f}", f"{r['weights_per_s']:.0f}", f"{r['achieved_gflops']:.0f}",
                      f"{r['compile_seconds']:.0f}"])
-    table = markdown_table(["evaluator", "batch", "precision", "code", "cycle (s)", "conv 2 (ms/weight)", "weights/s",
+    table = markdown_table(["evaluator", "batch", "precision", "conv", "code", "cycle (s)", "conv 2 (ms/weight)", "weights/s",
                             "GFLOP/s", "compile (s)"], rows) if rows else _status(bench)
     return ["### Seconds per cycle (`experiments/benchmark.py`)", "", table, ""]
 
@@ -416,6 +469,21 @@ def agreement_markdown(agree: dict) -> list[str]:
           f"{agree['median_gap']:.3g}"]]), ""]
 
 
+def kernel_markdown(k: dict) -> list[str]:
+    """How many decisions the Pallas convolution shares with XLA's, and the device's peak memory."""
+    from rsojax.records import markdown_table
+
+    out = ["### Decisions: the Pallas convolution against XLA's, float32", ""]
+    if "agreement" not in k:
+        return out + [_status(k), ""]
+    return out + [markdown_table(
+        ["layer", "state", "batch", "weights", "same decision", "median loss error", "median gap (best two)",
+         "device peak memory (MB)"],
+        [[f"`{k['layer']}`", f"cycle {k['cycle']}, {k['state']}", k["batch_size"], k["weights"],
+          f"{k['agree']} ({100 * k['agreement']:.1f}%)", f"{k['median_loss_error']:.3g}", f"{k['median_gap']:.3g}",
+          k["device_peak_memory_mb"]]]), ""]
+
+
 def sgd_markdown(s: dict) -> list[str]:
     """Test accuracy and training time after each epoch of the SGD baseline."""
     from rsojax.records import markdown_table
@@ -448,8 +516,10 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="folder for gpu_check.json, gpu_check.md and gpu_check.log")
     p.add_argument("--budget_s", type=float, default=480.0, help="seconds for all four parts [default: 480]")
     p.add_argument("--tiny", action="store_true", help="CPU-sized parts (a smoke test)")
-    p.add_argument("--parts", default=",".join(PARTS),
-                   help=f"the parts to run, in their order [default: {','.join(PARTS)}]")
+    p.add_argument("--parts", default=",".join(DEFAULT_PARTS),
+                   help=f"the parts to run, in their order, of {','.join(PARTS)} [default: {','.join(DEFAULT_PARTS)}]")
+    p.add_argument("--shares", default="", metavar="PART=SHARE,...",
+                   help=f"budget shares other than the defaults {PARTS} (they are renormalised over --parts)")
     p.add_argument("--baseline", default=None, metavar="DIR",
                    help="another checkout (for example `git archive` of an earlier commit, with its commit in "
                    "DIR/commit.txt): its benchmark runs right after each run of --baseline_modes, the two "
@@ -467,6 +537,12 @@ def parse(argv=None) -> argparse.Namespace:
     unknown = set(args.parts) - set(PARTS)
     if unknown:
         p.error(f"--parts: unknown {sorted(unknown)}; the parts are {list(PARTS)}")
+    try:
+        args.shares = {k: float(v) for k, v in (item.split("=") for item in filter(None, args.shares.split(",")))}
+    except ValueError:
+        p.error(f"--shares: expected PART=SHARE,..., got {args.shares!r}")
+    if set(args.shares) - set(PARTS) or not all(v > 0 for v in args.shares.values()):
+        p.error(f"--shares: expected positive shares of the parts {list(PARTS)}, got {args.shares}")
     if args.baseline and not os.path.isfile(os.path.join(args.baseline, "experiments", "benchmark.py")):
         p.error(f"--baseline: {args.baseline} holds no experiments/benchmark.py")
     for name in FULL:
@@ -544,7 +620,7 @@ def main(argv=None) -> dict:
     parts = args.parts
     if "benchmark" in parts:
         check.run("benchmark", benchmark, check)  # first: the subprocesses need the GPU to themselves
-    if not set(parts) & {"protocol", "agreement", "sgd"}:  # the device as the benchmarks saw it
+    if not set(parts) & {"protocol", "agreement", "kernel", "sgd"}:  # the device as the benchmarks saw it
         ran = [r["result"] for r in check.results["parts"]["benchmark"].get("runs", []) if "result" in r]
         if ran:
             check.results |= {"device": ran[0]["device"], "jax_version": ran[0]["jax_version"]}
@@ -553,6 +629,8 @@ def main(argv=None) -> dict:
     state = check.run("protocol", protocol, check, setup) if "protocol" in parts else None
     if "agreement" in parts:
         check.run("agreement", agreement, check, setup, state)
+    if "kernel" in parts:
+        check.run("kernel", kernel, check, setup, state)
     if "sgd" in parts:
         check.run("sgd", sgd, check, setup)
     return finish(check)

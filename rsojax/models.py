@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from rsojax.conv_kernel import conv3x3, resolve_conv
+
 # He initialisation as the paper states it: N(0, sqrt(2 / fan_in)), not truncated.
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
@@ -59,14 +61,19 @@ class BatchNorm(nn.Module):
     epsilon: float = 1e-3  # MXNet's BatchNorm default, which produced the paper's numbers.
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, stats: tuple | None = None):
+        """`stats`: the batch's `(mean, var)` of `x` where its producer computed them (the
+        Pallas convolution, `rsojax.conv_kernel`); used in place of BN's own in search mode."""
         features = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (features,))
         bias = self.param("bias", nn.initializers.zeros, (features,))
         if train:
             axes = tuple(range(x.ndim - 1))
-            mean = x.mean(axes)
-            var = jnp.square(x - mean).mean(axes)
+            if stats is None:
+                mean = x.mean(axes)
+                var = jnp.square(x - mean).mean(axes)
+            else:
+                mean, var = stats
             if self.is_mutable_collection("batch_stats"):
                 self.put_variable("batch_stats", "mean", mean)
                 self.put_variable("batch_stats", "var", var)
@@ -81,26 +88,47 @@ class BatchNorm(nn.Module):
         return (x - mean) * lax.rsqrt(var + self.epsilon) * scale + bias
 
 
+class Conv3x3(nn.Module):
+    """The networks' 3x3 convolution (padding 1, no bias; parameter `kernel`, as `nn.Conv`
+    names and initialises it), on backend `conv` (`rsojax.conv_kernel`).
+
+    Returns `(y, stats)`: stats are y's `(mean, var)` per channel where the backend computed
+    them with y, else None.
+    """
+
+    features: int
+    conv: str = "xla"
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC):
+        kernel = self.param("kernel", he_normal, (3, 3, x_BxHxWxC.shape[-1], self.features), jnp.float32)
+        x_BxHxWxC, kernel = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, dtype=None)
+        return conv3x3(x_BxHxWxC, kernel, self.conv)
+
+
 class ConvBlock(nn.Module):
     """[ReLU] -> 3x3 conv (no bias) -> [2x2 average pool] -> BN, as in the reference code.
 
     The ReLU of a block is applied at the start of the next block, so a cached stage input
-    is the previous block's BN output, as the reference code caches it.
+    is the previous block's BN output, as the reference code caches it. `conv` is the
+    convolution's backend (`rsojax.conv_kernel.CONVS`); BN takes the statistics the backend
+    computed with the conv where nothing comes between them.
     """
 
     features: int
     pool: bool = False
     relu_in: bool = True
+    conv: str = "xla"
 
     searched = ("Conv_0/kernel", "BatchNorm_0/bias", "BatchNorm_0/scale")
 
     @nn.compact
     def __call__(self, x_BxHxWxC, train: bool):
         x = nn.relu(x_BxHxWxC) if self.relu_in else x_BxHxWxC
-        x = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, kernel_init=he_normal)(x)
+        x, stats = Conv3x3(self.features, self.conv, name="Conv_0")(x)
         if self.pool:
-            x = avg_pool_2x2(x)
-        return BatchNorm()(x, train)
+            x, stats = avg_pool_2x2(x), None
+        return BatchNorm()(x, train, stats)
 
 
 class PoolHead(nn.Module):
@@ -193,7 +221,7 @@ def stage_of(path: str) -> int:
     return int(head[len("stages_"):])
 
 
-def mnist_convnet(channels: int = 16, classes: int = 10, global_pool: str = "max") -> Sequential:
+def mnist_convnet(channels: int = 16, classes: int = 10, global_pool: str = "max", conv: str = "xla") -> Sequential:
     """The paper's 6-conv MNIST network: 11,824 weights + 192 BN parameters.
 
     Six 3x3 convolutions without bias, 2x2 average pool after conv 2 and conv 4
@@ -204,6 +232,7 @@ def mnist_convnet(channels: int = 16, classes: int = 10, global_pool: str = "max
       channels: output channels of every conv (16: the paper's network).
       classes: outputs of the dense layer.
       global_pool: "max" (the reference code's) or "avg".
+      conv: the 3x3 convolutions' backend (`rsojax.conv_kernel.CONVS`; "xla" by default).
 
     Returns:
       The network, taking (N, 28, 28, 1) images.
@@ -212,7 +241,8 @@ def mnist_convnet(channels: int = 16, classes: int = 10, global_pool: str = "max
       ValueError: `global_pool` is unknown.
     """
     pools = (False, True, False, True, False, False)
-    blocks = [ConvBlock(channels, pool=p, relu_in=i > 0) for i, p in enumerate(pools)]
+    conv = resolve_conv(conv)
+    blocks = [ConvBlock(channels, pool=p, relu_in=i > 0, conv=conv) for i, p in enumerate(pools)]
     head = PoolHead(classes, global_pool=check_global_pool(global_pool))
     return Sequential(stages=(*blocks, head), input_shape=(28, 28, 1))
 
@@ -251,6 +281,7 @@ class ResidualBlock(nn.Module):
       residual: the input is `(h, skip)`; skip is added to the conv output (before pool and BN).
       shortcut: skip goes through a 1x1 conv (no bias) + BN first, where its channels differ.
       keep: the output is `(y, h)`, h the next block's skip.
+      conv: the 3x3 convolution's backend (`rsojax.conv_kernel.CONVS`), as in `ConvBlock`.
     """
 
     features: int
@@ -258,6 +289,7 @@ class ResidualBlock(nn.Module):
     residual: bool = False
     shortcut: bool = False
     keep: bool = False
+    conv: str = "xla"
 
     @property
     def searched(self) -> tuple[str, ...]:
@@ -268,16 +300,15 @@ class ResidualBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         h_BxHxWxC, skip = x if self.residual else (x, None)
-        conv = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, kernel_init=he_normal, name="Conv_0")
-        y = conv(nn.relu(h_BxHxWxC))
+        y, stats = Conv3x3(self.features, self.conv, name="Conv_0")(nn.relu(h_BxHxWxC))
         if self.residual:
             if self.shortcut:
                 skip = nn.Conv(self.features, (1, 1), use_bias=False, kernel_init=he_normal, name="shortcut_conv")(skip)
                 skip = BatchNorm(name="shortcut_bn")(skip, train)
-            y = y + skip
+            y, stats = y + skip, None
         if self.pool:
-            y = avg_pool_2x2(y)
-        y = BatchNorm(name="BatchNorm_0")(y, train)
+            y, stats = avg_pool_2x2(y), None
+        y = BatchNorm(name="BatchNorm_0")(y, train, stats)
         return (y, h_BxHxWxC) if self.keep else y
 
 
@@ -299,7 +330,7 @@ class ResidualNet(Sequential):
         return self.stages[-1].global_pool
 
 
-def cifar10_resnet(channels: int = 16, classes: int = 10, global_pool: str = "max") -> ResidualNet:
+def cifar10_resnet(channels: int = 16, classes: int = 10, global_pool: str = "max", conv: str = "xla") -> ResidualNet:
     """The reference code's 10-layer CIFAR-10 network: 57,104 searched parameters at 16 channels.
 
     Block i = 1..9: [ReLU, for i > 1] -> 3x3 conv i (no bias, `channels` x (1, 1, 1, 2, 2, 2,
@@ -316,6 +347,7 @@ def cifar10_resnet(channels: int = 16, classes: int = 10, global_pool: str = "ma
       channels: output channels of blocks 1-3, twice that from block 4 on (16: the paper's).
       classes: outputs of the dense layer.
       global_pool: "max" (the reference code's) or "avg".
+      conv: the 3x3 convolutions' backend (`rsojax.conv_kernel.CONVS`; "xla" by default).
 
     Returns:
       The network, taking (N, 32, 32, 3) images.
@@ -325,10 +357,11 @@ def cifar10_resnet(channels: int = 16, classes: int = 10, global_pool: str = "ma
     """
     widths = tuple(channels * m for m in (1, 1, 1, 2, 2, 2, 2, 2, 2))
     targets = range(3, len(widths) + 1, 2)  # the blocks that add the output of block i - 2
-    blocks = [ConvBlock(widths[0], relu_in=False)]  # block 1 neither adds nor passes on a skip
+    conv = resolve_conv(conv)
+    blocks = [ConvBlock(widths[0], relu_in=False, conv=conv)]  # block 1 neither adds nor passes on a skip
     for i in range(2, len(widths) + 1):
         residual = i in targets
         shortcut = residual and widths[i - 1] != widths[i - 3]
-        blocks.append(ResidualBlock(widths[i - 1], i in (3, 5), residual, shortcut, keep=i + 1 in targets))
+        blocks.append(ResidualBlock(widths[i - 1], i in (3, 5), residual, shortcut, keep=i + 1 in targets, conv=conv))
     head = PoolHead(classes, global_pool=check_global_pool(global_pool))
     return ResidualNet(stages=(*blocks, head), input_shape=(32, 32, 3))

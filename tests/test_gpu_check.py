@@ -101,7 +101,8 @@ def test_full_sizes_refuse_a_cpu(tmp_path):
 
 
 def test_bad_options_name_the_argument(tmp_path):
-    for argv, named in ((["--parts", "benchmark,bogus"], "--parts"), (["--baseline", str(tmp_path)], "--baseline")):
+    for argv, named in ((["--parts", "benchmark,bogus"], "--parts"), (["--baseline", str(tmp_path)], "--baseline"),
+                        (["--shares", "benchmark=0.7,bogus=1"], "--shares"), (["--shares", "benchmark"], "--shares")):
         proc = subprocess.run(
             [sys.executable, "experiments/gpu_check.py", "--data", "x.npz", "--out", str(tmp_path / "out"), *argv],
             cwd=ROOT, env=os.environ | {"PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=300,

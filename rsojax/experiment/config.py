@@ -8,6 +8,9 @@ field's metadata holds its help (and choices, and the flag's name where it diffe
 import dataclasses
 from collections.abc import Callable
 
+import jax
+
+from rsojax.conv_kernel import CONVS, check_conv, resolve_conv
 from rsojax.data import SOURCES, Dataset, load, load_npz
 from rsojax.evaluators import EVALUATORS
 from rsojax.models import GLOBAL_POOLS, cifar10_resnet, mnist_convnet
@@ -26,7 +29,7 @@ class Task:
     Attributes:
       title: the dataset's name in messages.
       source: a key of `rsojax.data.SOURCES`: the TFDS dataset and its preprocessing.
-      model: `(channels, global_pool) -> network`, the paper's network.
+      model: `(channels, global_pool, conv) -> network`, the paper's network.
       evaluators: the keys of `rsojax.evaluators.EVALUATORS` that search it; the first is the
         default.
       cycles: the paper's number of cycles.
@@ -88,6 +91,12 @@ class ExperimentConfig:
     kernels_only: bool = setting(False, "search kernels only (Algorithm 1 as printed), not BN")
     channels: int = setting(16, "conv channels (16: the paper's network)")
     global_pool: str = setting("max", "the network's global pool (max: the reference code's)", GLOBAL_POOLS)
+    conv: str = setting(
+        "xla",
+        "the 3x3 convolutions' backend: XLA's, a Pallas kernel with BN's statistics fused (GPUs only; "
+        "docs/gpu-kernel.md), or auto (XLA until a GPU measurement says otherwise)",
+        CONVS,
+    )
     seed: int = setting(SEED, "sampling seed (minibatches and dw)")
     init_seed: int = setting(INIT_SEED, "parameter initialisation seed")
     data_dir: str | None = setting(None, "TFDS data directory (default: $TFDS_DATA_DIR, else TFDS's default)")
@@ -134,6 +143,8 @@ class ExperimentConfig:
             raise ValueError(f"evaluator: {self.evaluator!r} cannot search the {task.title} network; use {list(task.evaluators)}")
         if self.global_pool not in GLOBAL_POOLS:
             raise ValueError(f"global_pool: expected one of {list(GLOBAL_POOLS)}, got {self.global_pool!r}")
+        if resolve_conv(check_conv(self.conv)) == "pallas" and self.optimizer == "sgd":
+            raise ValueError("conv: the SGD baseline differentiates the network, and the Pallas kernel has no gradient; use xla")
         for name, low in (("channels", 1), ("chunk_size", 1), ("train_subset", 0), ("devices", 0), ("seed", 0), ("init_seed", 0)):
             _check_int(name, getattr(self, name), low)
         if not self.checkpoint_every_s >= 0:
@@ -191,9 +202,15 @@ def build_model(config: ExperimentConfig):
     """The task's network as a config says.
 
     Args:
-      config: the experiment's config (its task, channels and global pool).
+      config: the experiment's config (its task, channels, global pool and convolution backend).
 
     Returns:
       The network.
+
+    Raises:
+      ValueError: `conv` "pallas" off a GPU, where the kernel would run in Pallas's interpret
+        mode (the same values, orders of magnitude slower: for tests, not for runs).
     """
-    return TASKS[config.task].model(channels=config.channels, global_pool=config.global_pool)
+    if resolve_conv(config.conv) == "pallas" and jax.default_backend() != "gpu":
+        raise ValueError(f"conv: the Pallas kernel runs on GPUs only, and this backend is {jax.default_backend()}; use xla or auto")
+    return TASKS[config.task].model(channels=config.channels, global_pool=config.global_pool, conv=config.conv)

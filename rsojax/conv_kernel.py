@@ -1,0 +1,175 @@
+"""The networks' 3x3 convolution, computed by XLA or by a Pallas kernel that also returns BN's statistics.
+
+Every 3x3 convolution of `rsojax.models` (stride 1, padding 1, no bias, NHWC input, HWIO
+kernel) goes through `conv3x3(x, kernel, conv)`; `conv` is a field of the stages, so the one
+forward pass of a model runs on either backend and the choice is part of every jit's cache key
+(the model is a static argument):
+
+- "xla": `lax.conv_general_dilated`, exactly what `flax.linen.Conv` computes (cuDNN on a GPU).
+- "pallas": `conv3x3_pallas`, a Pallas kernel (Triton lowering on a GPU), in true float32 (its
+  dots are `Precision.HIGHEST`, which Triton lowers to IEEE, never TF32), that returns the
+  per-channel mean and variance of its output with it, so BN's statistics cost no second read
+  of the output. Channel counts other than a power of two of at least 16 (the first conv of
+  each network, 1 or 3 input channels) stay on XLA. Off a GPU the kernel runs in Pallas's
+  interpret mode: the same arithmetic, very slowly; that is for tests.
+- "auto": XLA. It is meant to become the kernel on GPUs where it lowers, once a GPU run shows
+  it faster with the same decisions (docs/gpu-kernel.md); until then it is XLA everywhere.
+
+The kernel works on each image padded by one pixel and flattened, all images one after the
+other: (B * (H+2) * (W+2), C) rows. Output row p is then the sum over the 9 taps of input row
+p + (kh - 1) * (W + 2) + (kw - 1) times the tap's (C, O) matrix: 9 dots of a tile of rows,
+with no halo logic, since an interior pixel's neighbours lie in its own image's frame. The grid
+runs over tiles of `block_rows` rows (images and tiles need not align); under `jax.vmap` (the
+three candidates of a weight) Pallas adds the candidate axis to the grid. The border rows
+compute values that are dropped, and the statistics mask them out. Each tile writes its
+per-channel sum and its sum of squared deviations from its own mean; the tiles are combined
+with Chan et al.'s pairwise formula, as stable as BN's two-pass variance.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
+
+CONVS = ("xla", "pallas", "auto")
+BLOCK_ROWS = 128  # rows (pixels) per program: a power of two (Triton's tiles), tunable per card
+NUM_WARPS = 4  # Triton warps per program
+
+
+def check_conv(conv: str) -> str:
+    """Validates a convolution backend name (`CONVS`); returns it."""
+    if conv not in CONVS:
+        raise ValueError(f"conv: expected one of {list(CONVS)}, got {conv!r}")
+    return conv
+
+
+def resolve_conv(conv: str) -> str:
+    """The backend a setting stands for: "auto" is "xla", as no GPU run has yet shown the kernel
+    faster with the same decisions (docs/gpu-kernel.md)."""
+    return "xla" if check_conv(conv) == "auto" else conv
+
+
+def supported(c_in: int, c_out: int) -> bool:
+    """Whether the kernel computes a conv of these channel counts: powers of two >= 16, the
+    smallest dot Triton tiles."""
+    return all(c >= 16 and c & (c - 1) == 0 for c in (c_in, c_out))
+
+
+def conv3x3_xla(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array) -> jax.Array:
+    """3x3 conv, stride 1, padding 1, no bias, as `flax.linen.Conv` computes it."""
+    return lax.conv_general_dilated(
+        x_BxHxWxC, kernel_3x3xCxO, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def conv3x3(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array, conv: str = "xla"):
+    """The networks' 3x3 convolution on backend `conv` (`CONVS`).
+
+    Returns:
+      `(y, stats)`: y (B, H, W, O), and `(mean, var)` of y per channel over (B, H, W) where
+      the Pallas kernel computed it, else None (BN then computes them from y).
+    """
+    if resolve_conv(conv) == "pallas" and supported(*kernel_3x3xCxO.shape[2:]):
+        y, mean, var = conv3x3_pallas(x_BxHxWxC, kernel_3x3xCxO)
+        return y, (mean, var)
+    return conv3x3_xla(x_BxHxWxC, kernel_3x3xCxO), None
+
+
+def _geometry(b: int, h: int, w: int, rows: int):
+    """Static layout: the frame of one padded image, the rows computed, the tiles, each
+    tile's count of interior (kept) rows, and the 9 taps' row shifts."""
+    frame = (h + 2) * (w + 2)
+    n_rows = b * frame
+    tiles = -(-n_rows // rows)
+    g = np.arange(tiles * rows)
+    r, c = (g % frame) // (w + 2), (g % frame) % (w + 2)
+    interior = (g < n_rows) & (r >= 1) & (r <= h) & (c >= 1) & (c <= w)
+    shifts = tuple((kh - 1) * (w + 2) + (kw - 1) for kh in range(3) for kw in range(3))
+    return frame, n_rows, tiles, interior.reshape(tiles, rows).sum(1), shifts
+
+
+def _kernel(x_ref, w_ref, y_ref, sum_ref, m2_ref, *, rows, shifts, halo, frame, h, w, n_rows):
+    """One tile of `rows` output rows: 9 shifted (rows, C) x (C, O) dots, then the tile's
+    per-channel sum and sum of squared deviations over its interior rows."""
+    start = pl.program_id(0) * rows
+    acc = jnp.zeros((rows, y_ref.shape[-1]), y_ref.dtype)
+    for k, shift in enumerate(shifts):
+        x = x_ref[pl.ds(start + halo + shift, rows), :]
+        acc += jnp.dot(x, w_ref[k], precision=lax.Precision.HIGHEST, preferred_element_type=acc.dtype)
+    y_ref[...] = acc
+    g = start + lax.broadcasted_iota(jnp.int32, (rows, 1), 0)
+    r, c = (g % frame) // (w + 2), (g % frame) % (w + 2)
+    keep = ((g < n_rows) & (r >= 1) & (r <= h) & (c >= 1) & (c <= w)).astype(acc.dtype)
+    total = (acc * keep).sum(0)
+    dev = (acc - total / jnp.maximum(keep.sum(), 1)) * keep
+    sum_ref[...] = total
+    m2_ref[...] = (dev * dev).sum(0)
+
+
+@functools.partial(jax.jit, static_argnames=("block_rows", "interpret"))
+def conv3x3_pallas(
+    x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array, block_rows: int = BLOCK_ROWS, interpret: bool | None = None
+):
+    """The 3x3 convolution (stride 1, padding 1, no bias) and its output's BN statistics, as
+    one Pallas kernel.
+
+    Args:
+      x_BxHxWxC: the input, NHWC.
+      kernel_3x3xCxO: the kernel, HWIO; C and O powers of two >= 16 (`supported`).
+      block_rows: output rows (pixels, borders included) per program, a power of two.
+      interpret: run in Pallas's interpret mode; None: off a GPU only.
+
+    Returns:
+      `(y, mean, var)`: y (B, H, W, O), and per channel the mean and the (biased) variance of
+      y over (B, H, W), as BN in search mode takes them.
+
+    Raises:
+      ValueError: shapes or a `block_rows` the kernel does not take.
+    """
+    b, h, w, c = x_BxHxWxC.shape
+    if kernel_3x3xCxO.shape[:3] != (3, 3, c) or not supported(c, kernel_3x3xCxO.shape[3]):
+        raise ValueError(f"kernel_3x3xCxO: expected (3, 3, {c}, O) with C, O powers of two >= 16, got {kernel_3x3xCxO.shape}")
+    if block_rows < 16 or block_rows & (block_rows - 1):
+        raise ValueError(f"block_rows: expected a power of two >= 16, got {block_rows}")
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
+    o = kernel_3x3xCxO.shape[3]
+    dtype = jnp.result_type(x_BxHxWxC, kernel_3x3xCxO)
+    frame, n_rows, tiles, counts, shifts = _geometry(b, h, w, block_rows)
+    halo = w + 3  # the largest row shift: every tile reads its rows +-halo, all in bounds
+    x_rows = jnp.pad(x_BxHxWxC.astype(dtype), ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(n_rows, c)
+    x_rows = jnp.pad(x_rows, ((halo, tiles * block_rows - n_rows + halo), (0, 0)))
+    taps = kernel_3x3xCxO.astype(dtype).reshape(9, c, o)
+    kernel = functools.partial(
+        _kernel, rows=block_rows, shifts=shifts, halo=halo, frame=frame, h=h, w=w, n_rows=n_rows
+    )
+    y_rows, sums, m2s = pl.pallas_call(
+        kernel,
+        grid=(tiles,),
+        in_specs=[pl.BlockSpec(x_rows.shape, lambda t: (0, 0)), pl.BlockSpec(taps.shape, lambda t: (0, 0, 0))],
+        out_specs=[
+            pl.BlockSpec((block_rows, o), lambda t: (t, 0)),
+            pl.BlockSpec((None, o), lambda t: (t, 0)),
+            pl.BlockSpec((None, o), lambda t: (t, 0)),
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct((tiles * block_rows, o), dtype),
+            jax.ShapeDtypeStruct((tiles, o), dtype),
+            jax.ShapeDtypeStruct((tiles, o), dtype),
+        ],
+        interpret=interpret,
+        # Triton's lowering (this jax's default GPU lowering is Mosaic GPU, whose copies to
+        # shared memory take at most 256 elements per dimension: the whole input is one block).
+        compiler_params=pl_triton.CompilerParams(num_warps=NUM_WARPS),
+        name="conv3x3_bn_stats",
+    )(x_rows, taps)
+    y = y_rows[:n_rows].reshape(b, h + 2, w + 2, o)[:, 1 : h + 1, 1 : w + 1]
+    n_t = jnp.asarray(counts, dtype)[:, None]
+    mean = sums.sum(0) / (b * h * w)
+    tile_mean = sums / jnp.maximum(n_t, 1)
+    var = (m2s.sum(0) + (n_t * jnp.square(tile_mean - mean)).sum(0)) / (b * h * w)
+    return y, mean, var
