@@ -425,7 +425,7 @@ def benchmark_markdown(bench: dict, commit: str, baseline: str | None) -> list[s
             continue
         conv2 = next(x for x in r["per_layer"] if x["layer"] == AGREEMENT_LAYER)
         checkout = commit if run.get("checkout", "this") == "this" else baseline
-        mode = r["mode"] if r["model"] == "mnist" else f"{r['mode']} ({r['model']})"
+        mode = r["mode"] if r.get("model", "mnist") == "mnist" else f"{r['mode']} ({r['model']})"  # a baseline may predate the key
         rows.append([mode, r["batch_size"], r["precision"], r.get("conv", "xla"), checkout, f"{r['cycle_seconds']:.2f}",
                      f"{1000 / conv2['weights_per_s']:.3f}", f"{r['weights_per_s']:.0f}", f"{r['achieved_gflops']:.0f}",
                      f"{r['compile_seconds']:.0f}"])
