@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from rsojax.evaluators import Cached  # noqa: E402
 from rsojax.layer_order import get_leaf  # noqa: E402
-from rsojax.models import mnist_convnet  # noqa: E402
+from rsojax.models import cifar10_resnet, mnist_convnet  # noqa: E402
 from rsojax.rso import RSO, RSOConfig  # noqa: E402
 from rsojax.train import init_params  # noqa: E402
 
@@ -45,13 +45,28 @@ def raw_mnist(data_dir: str | None, n_train: int, n_test: int):
     return x[:n_train, :, :, 0], y[:n_train].astype(np.int32), xt[:n_test, :, :, 0], yt[:n_test].astype(np.int32)
 
 
+def random_cifar10(n_train: int, n_test: int, seed: int = 0):
+    """uint8 images of CIFAR-10's shape with random labels: uniform noise on an 8 x 8 grid, each
+    value repeated over a 4 x 4 square (so that the fixture compresses to about a sixteenth).
+    RSO's decisions need no real images, and this project's machines have no CIFAR-10."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n_train + n_test, 8, 8, 3), dtype=np.uint8).repeat(4, axis=1).repeat(4, axis=2)
+    y = rng.integers(0, 10, n_train + n_test).astype(np.int32)
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
 def export(args) -> dict:
     from rsojax.data import preprocess
 
-    x_u8, y, xt_u8, yt = raw_mnist(args.data_dir, args.train_images, TEST_IMAGES)
-    data = preprocess(x_u8[..., None], y, xt_u8[..., None], yt)
+    if args.model == "mnist":
+        x_u8, y, xt_u8, yt = raw_mnist(args.data_dir, args.train_images, TEST_IMAGES)
+        data = preprocess(x_u8[..., None], y, xt_u8[..., None], yt)
+        model = mnist_convnet()
+    else:
+        x_u8, y, xt_u8, yt = random_cifar10(args.train_images, TEST_IMAGES)
+        data = preprocess(x_u8, y, xt_u8, yt, per_channel_mean=True)
+        model = cifar10_resnet()
     x_N, y_N = jnp.asarray(data.x_train, jnp.float32), data.y_train
-    model = mnist_convnet()
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), init_params(model, args.init_seed))
     config = RSOConfig(batch_size=args.batch_size, cycles=args.total_cycles)
     layers = model.search_order()
@@ -93,6 +108,8 @@ def export(args) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="the .npz to write (outside the repository)")
+    p.add_argument("--model", choices=("mnist", "cifar10"), default="mnist",
+                   help="mnist: the 6-conv network on MNIST; cifar10: the residual network on random CIFAR-10-shaped images")
     p.add_argument("--data_dir", default=os.environ.get("TFDS_DATA_DIR"), help="TFDS data directory with mnist/3.0.1")
     p.add_argument("--train_images", type=int, default=4000, help="first training images (a multiple of 2000)")
     p.add_argument("--batch_size", type=int, default=100, help="minibatch per weight (divides train_images)")

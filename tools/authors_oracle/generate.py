@@ -3,8 +3,9 @@
 The authors' file is loaded from the path given, never copied: this script imports it as a
 module and replaces, from outside, the few names it reads at run time:
 
-- the data: `gluon.data.vision.MNIST` returns the exported raw subset (uint8), so the authors'
-  own `get_mnist_data_from_gluon` preprocesses it (float16, minus the float16 mean);
+- the data: `gluon.data.vision.MNIST` (or `CIFAR10`) returns the exported raw images (uint8),
+  so the authors' own `get_mnist_data_from_gluon` (`get_cifar_data_from_gluon`) preprocesses
+  them; the network (`CNN_ND` with 6 or 9 conv layers) follows the images' shape;
 - the draws: `np.random.normal(0, std)` inside their `get_random_perturbation` returns
   `std * u`, u rsojax's unit draw for the visit position, so their sigma_d and anneal apply;
   `ShuffleIter.shuffle` orders the set by rsojax's shuffle of the block;
@@ -163,9 +164,12 @@ def main(argv=None):
     def where():
         return divmod(cursor["layer"], len(layers))
 
-    class MNIST:
+    model = "mnist" if x_u8.ndim == 3 else "cifar10"  # MNIST's 28 x 28 images, or CIFAR-10's 32 x 32 x 3
+
+    class Images:  # gluon's MNIST and CIFAR10: uint8 N x H x W x C in ._data, labels in ._label
         def __init__(self, train=True):
-            self._data = nd.array((x_u8 if train else xt_u8)[..., None], dtype="uint8")
+            images = x_u8 if train else xt_u8
+            self._data = nd.array(images[..., None] if images.ndim == 3 else images, dtype="uint8")
             self._label = (y if train else yt).astype(np.int32)
 
     def normal(loc, scale):
@@ -202,8 +206,13 @@ def main(argv=None):
             raise RuntimeError(f"shuffle before layer {layers[li]}, which does not start a block")
         if not hasattr(self, "_source"):
             self._source = (self.data, self.label)
-            if "authors_x_train_f16_sha256" not in out:  # the authors' preprocessed training set
+            # The authors' preprocessed training set: MNIST's float16 (C = 1: the bytes of N x H x W x C),
+            # CIFAR-10's float64 as it runs, in float32, N x H x W x C.
+            if model == "mnist" and "authors_x_train_f16_sha256" not in out:
                 out["authors_x_train_f16_sha256"] = np.array(hashlib.sha256(self.data.tobytes()).hexdigest())
+            if model == "cifar10" and "authors_x_train_f32_sha256" not in out:
+                nhwc = np.ascontiguousarray(self.data.astype(np.float32).transpose(0, 2, 3, 1))
+                out["authors_x_train_f32_sha256"] = np.array(hashlib.sha256(nhwc.tobytes()).hexdigest())
         k = self.batch_index % self.total_index  # where the iterator reads next (see above)
         if k:
             out[f"offset/{cycle}"] = np.int32(k)
@@ -253,7 +262,8 @@ def main(argv=None):
             raise Finished
         return acc
 
-    authors.gluon = Override(gluon, data=Override(gluon.data, vision=Override(gluon.data.vision, MNIST=MNIST)))
+    vision = Override(gluon.data.vision, MNIST=Images, CIFAR10=Images)
+    authors.gluon = Override(gluon, data=Override(gluon.data, vision=vision))
     authors.np = Override(np, random=Override(np.random, normal=normal))
     authors.nd = Override(nd, BatchNorm=batch_norm)
     authors.tqdm = lambda iterable: iterable
@@ -264,7 +274,7 @@ def main(argv=None):
     authors.evaluate_accuracy = after_layer
 
     ctx = mx.cpu()
-    net = authors.CNN_ND(ctx, 1, 6)
+    net = authors.CNN_ND(ctx, 1, 6) if model == "mnist" else authors.CNN_ND(ctx, 3, 9)
     if list(net.lyr_optimization) != names:
         raise RuntimeError(f"the authors' layer order {net.lyr_optimization} is not rsojax's {names}")
     for path, name in zip(layers, names):
@@ -275,7 +285,7 @@ def main(argv=None):
 
     start = time.time()
     try:
-        authors.rso_train(net, ctx, "M10", batch_size)
+        authors.rso_train(net, ctx, "M10" if model == "mnist" else "C10", batch_size)
     except Finished:
         pass
     else:
