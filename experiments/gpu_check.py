@@ -310,14 +310,15 @@ def summarise_protocol(result: dict):
             start = r["wall_time_s"]
 
 
-def agreement(deadline: float, result: dict, check: Check, setup, state):
-    """Precision "default" against "float32" on random conv-2 weights, from `state`."""
+def compare_decisions(result: dict, check: Check, setup, state, models: tuple, precisions: tuple) -> dict:
+    """The decisions of two RSOs (Cached, each with its model and precision) for random conv-2
+    weights, all from `state` (the protocol's, or the initial one where the protocol reached
+    none), into `result` (`rsojax.diagnostics.agreement`)."""
     from rsojax.diagnostics import agreement as compare
     from rsojax.evaluators import EVALUATORS
     from rsojax.rso import RSO
     from rsojax.train import start_rso
 
-    del deadline  # one compiled call per precision: nothing to stop between
     config, model, data, rso = setup
     if state is None:
         state = start_rso(rso, model, data, config.seed, config.init_seed).run.state
@@ -326,14 +327,21 @@ def agreement(deadline: float, result: dict, check: Check, setup, state):
         result["state"] = "after the protocol part"
     # Cached: the Incremental losses without a per-weight context; 4 weights at a time bounds
     # the memory of the candidates' activations at batch 5000 (the decisions do not change).
-    cached = EVALUATORS["cached"](model)
-    a, b = (RSO(cached, rso.layers, dataclasses.replace(config.rso, precision=p, parallel_vmap=4), mesh=rso.mesh)
-            for p in ("float32", "default"))
+    a, b = (RSO(EVALUATORS["cached"](m), rso.layers, dataclasses.replace(config.rso, precision=p, parallel_vmap=4),
+                mesh=rso.mesh) for m, p in zip(models, precisions))
     n = a.n_weights(state, AGREEMENT_LAYER)
     positions = np.sort(np.random.default_rng(0).choice(n, min(check.args.agreement_weights, n), replace=False))
-    result |= {"layer": AGREEMENT_LAYER, "cycle": int(state.cycle), "batch_size": config.rso.batch_size,
-               "precisions": ["float32", "default"]}
+    result |= {"layer": AGREEMENT_LAYER, "cycle": int(state.cycle), "batch_size": config.rso.batch_size}
     result |= compare(a, b, state, (data.x_train, data.y_train), AGREEMENT_LAYER, positions)
+    return result
+
+
+def agreement(deadline: float, result: dict, check: Check, setup, state):
+    """Precision "default" against "float32" on random conv-2 weights, from `state`."""
+    del deadline  # one compiled call per precision: nothing to stop between
+    model = setup[1]
+    result["precisions"] = ["float32", "default"]
+    compare_decisions(result, check, setup, state, (model, model), ("float32", "default"))
     check.say(f"agreement: {result['agree']} of {result['weights']} decisions equal "
               f"({100 * result['agreement']:.1f}%), median loss error {result['median_loss_error']:.3g}, "
               f"median gap {result['median_gap']:.3g}")
@@ -343,26 +351,11 @@ def kernel(deadline: float, result: dict, check: Check, setup, state):
     """The Pallas convolution against XLA's, both float32, on random conv-2 weights from `state`."""
     import jax
 
-    from rsojax.diagnostics import agreement as compare
-    from rsojax.evaluators import EVALUATORS
-    from rsojax.rso import RSO
-    from rsojax.train import start_rso
-
     del deadline  # one compiled call per backend: nothing to stop between
-    config, model, data, rso = setup
-    if state is None:
-        state = start_rso(rso, model, data, config.seed, config.init_seed).run.state
-        result["state"] = "initial parameters (the protocol part reached no state)"
-    else:
-        result["state"] = "after the protocol part"
+    model = setup[1]
     pallas = model.clone(stages=tuple(s.clone(conv="pallas") if hasattr(s, "conv") else s for s in model.stages))
-    cfg = dataclasses.replace(config.rso, precision="float32", parallel_vmap=4)
-    a, b = (RSO(EVALUATORS["cached"](m), rso.layers, cfg, mesh=rso.mesh) for m in (model, pallas))
-    n = a.n_weights(state, AGREEMENT_LAYER)
-    positions = np.sort(np.random.default_rng(0).choice(n, min(check.args.agreement_weights, n), replace=False))
-    result |= {"layer": AGREEMENT_LAYER, "cycle": int(state.cycle), "batch_size": config.rso.batch_size,
-               "convs": ["xla", "pallas"], "precision": "float32"}
-    result |= compare(a, b, state, (data.x_train, data.y_train), AGREEMENT_LAYER, positions)
+    result |= {"convs": ["xla", "pallas"], "precision": "float32"}
+    compare_decisions(result, check, setup, state, (model, pallas), ("float32", "float32"))
     memory = jax.devices()[0].memory_stats() or {}
     result["device_peak_memory_mb"] = memory.get("peak_bytes_in_use", 0) / 2**20 or None
     check.say(f"kernel: {result['agree']} of {result['weights']} decisions equal to XLA's "
