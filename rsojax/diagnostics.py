@@ -65,7 +65,7 @@ def _candidates(rso: RSO, state: RSOState, ctx, positions_P, path: str):
 
     def one(i):
         j = order[i]
-        values_3 = candidate_values(flat[j], dw(i), rso.config.weight_decay)
+        values_3 = candidate_values(flat[j], dw(i), rso.weight_keep(state))
         idx_B = shard_batch(batch(i), rso.mesh)
         return values_3, rso.evaluator.losses(ctx, state.params, path, j, values_3, idx_B)
 

@@ -19,15 +19,25 @@ in chunks of weights (`RSO.chunks`): dw is keyed by (cycle, layer, weight positi
 minibatch by (cycle, block, weight position), so chunks take the same decisions in exact
 arithmetic. Each chunk starts from an evaluator context prepared for its own state, which is
 what makes a run resumed at a chunk boundary bit-identical.
+
+Several independent runs advance in lockstep through the same compiled sweeps (`RSO.init_runs`):
+every leaf of their state has a leading run axis, each run draws its own dw and minibatches
+from its own keys, and the sweep is the one-run sweep under `jax.vmap`. The training set is
+shared; the evaluator's context has a run axis where it depends on the parameters
+(`Evaluator.prepare_runs`). The hyperparameters in `SWEEPABLE` may differ between runs: they
+are state (traced), not part of the compiled program.
 """
 
 import dataclasses
 import functools
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rsojax.evaluators.base import Evaluator, with_weight
 from rsojax.layer_order import check_layers, get_leaf, weight_order
@@ -112,6 +122,12 @@ class RSOState:
       data_key: the minibatch stream, keyed by (cycle, block) (`rsojax.sampling`).
       cycle: int32, the current cycle, 0-based.
       n_examples: the training set's size (static).
+      hypers: the hyperparameters that differ between runs and are not in `sigmas`
+        (`RSO.init_runs`), as the constants the compiled program uses: "anneal_floor" and
+        "anneal_rest" (1 - anneal_floor), "weight_keep" (1 - weight_decay), each rounded from
+        its exact value. Empty where `RSO.config` gives them.
+
+    With several runs (`RSO.init_runs`) every leaf has a leading run axis.
     """
 
     params: dict
@@ -120,6 +136,46 @@ class RSOState:
     data_key: jax.Array
     cycle: jax.Array
     n_examples: int = flax.struct.field(pytree_node=False, default=0)
+    hypers: dict = flax.struct.field(default_factory=dict)
+
+    @property
+    def runs(self) -> int | None:
+        """The number of runs the state holds on its leading axis; None for a single run."""
+        return None if jnp.ndim(self.cycle) == 0 else int(jnp.shape(self.cycle)[0])
+
+
+# The hyperparameters that may differ between the runs of one program (`RSO.init_runs`); the
+# others shape the compiled program (a batch size, the cycles of the anneal) or the search.
+SWEEPABLE = ("sigma_scale", "vector_sigma", "anneal_floor", "weight_decay")
+
+
+@flax.struct.dataclass
+class RunsContext:
+    """The evaluator's context for several runs: the leaves with a leading run axis and those
+    every run shares, kept apart so that the sweep maps over the first only (a shared leaf
+    that steers control flow, such as `Incremental`'s pending channel pair, stays a branch
+    instead of becoming a select over both branches)."""
+
+    batched: tuple
+    shared: tuple
+    treedef: Any = flax.struct.field(pytree_node=False)
+    is_batched: tuple = flax.struct.field(pytree_node=False)
+
+    @classmethod
+    def of(cls, ctx, axes) -> "RunsContext":
+        """Splits `ctx` by `axes`, a pytree prefix of it: 0 (a leading run axis) or None (shared)."""
+        marks = jax.tree.map(lambda ax, sub: jax.tree.map(lambda _: ax is not None, sub), axes, ctx, is_leaf=lambda a: a is None)
+        leaves, treedef = jax.tree.flatten(ctx)
+        is_batched = tuple(jax.tree.leaves(marks))
+        assert len(is_batched) == len(leaves), "axes: not a prefix of the context"
+        batched = tuple(a for a, b in zip(leaves, is_batched) if b)
+        shared = tuple(a for a, b in zip(leaves, is_batched) if not b)
+        return cls(batched=batched, shared=shared, treedef=treedef, is_batched=is_batched)
+
+    def ctx(self, batched=None, shared=None):
+        """The evaluator's context, from these leaves (default: the held ones)."""
+        batched, shared = iter(self.batched if batched is None else batched), iter(self.shared if shared is None else shared)
+        return jax.tree.unflatten(self.treedef, [next(batched) if b else next(shared) for b in self.is_batched])
 
 
 @flax.struct.dataclass
@@ -231,6 +287,7 @@ class RSO:
         # sharding differs, and the next call of each layer's sweep would compile it again.
         placed = {} if mesh is None else {"out_shardings": replicated(mesh)}
         self._sweep = jax.jit(self._sweep_impl, static_argnames=("path",), **placed)
+        self._sweep_runs = jax.jit(self._sweep_runs_impl, static_argnames=("path",))
 
     def init(self, params, key: jax.Array, data) -> RSOState:
         """The state before the first cycle.
@@ -249,19 +306,85 @@ class RSO:
           TypeError: a searched layer is not floating point, or `data` is not a pair.
         """
         check_layers(params, self.layers)
+        n = self._check_size(data)
+        return replicate(self._state(params, key, n, self.config), self.mesh)
+
+    def init_runs(self, params, keys: jax.Array, data, sweep: Mapping[str, Sequence[float]] | None = None) -> RSOState:
+        """The state of several independent runs before their first cycle, advanced together.
+
+        Run k is the run `init(params[k], keys[k], data)` starts, with the hyperparameters
+        of `sweep` set to their k-th values: `cycle`, `sweep` and `chunks` advance every run
+        at once, in one compiled program per layer, and run k takes the decisions that run
+        alone takes (up to the rounding of the batched computation).
+
+        Args:
+          params: the runs' initial parameters: every leaf with a leading run axis.
+          keys: one PRNG key per run, shape (runs,).
+          data: the training set `(x, y)`, shared by the runs.
+          sweep: hyperparameters of `SWEEPABLE` that differ between the runs: name -> one
+            value per run (the others are `config`'s).
+
+        Returns:
+          The state at cycle 0: every leaf has a leading run axis (`RSOState.runs`).
+
+        Raises:
+          ValueError: the runs disagree in number, a swept name is not in `SWEEPABLE` or a
+            value is invalid, the evaluator cannot evaluate several runs at once, or as `init`.
+          TypeError: as `init`.
+        """
+        if self.mesh is not None:
+            raise ValueError("mesh: several runs at once run on one device")
+        if not hasattr(self.evaluator, "prepare_runs"):
+            raise ValueError(
+                f"evaluator: {type(self.evaluator).__name__} has no prepare_runs, so it cannot evaluate several runs at once"
+            )
+        keys = jnp.asarray(keys)
+        if keys.ndim != 1 or not keys.shape[0]:
+            raise ValueError(f"keys: expected one PRNG key per run, shape (runs,), got shape {keys.shape}")
+        runs = keys.shape[0]
+        sizes = {leaf.shape[0] if leaf.ndim else None for leaf in jax.tree.leaves(params)}
+        if sizes != {runs}:
+            raise ValueError(f"params: every leaf needs a leading axis of the {runs} runs, got leading sizes {sorted(map(str, sizes))}")
+        sweep = dict(sweep or {})
+        for name, values in sweep.items():
+            if name not in SWEEPABLE:
+                raise ValueError(f"sweep: {name!r} cannot differ between runs; expected one of {list(SWEEPABLE)}")
+            if len(values) != runs:
+                raise ValueError(f"sweep: {name} has {len(values)} values for {runs} runs")
+        per_run = [jax.tree.map(lambda a, k=k: a[k], params) for k in range(runs)]
+        check_layers(per_run[0], self.layers)
+        n = self._check_size(data)
+        states = [
+            self._state(per_run[k], keys[k], n, dataclasses.replace(self.config, **{m: v[k] for m, v in sweep.items()}), sweep)
+            for k in range(runs)
+        ]
+        return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+    def _check_size(self, data) -> int:
         n = check_data(data, self.evaluator.example_shape)
         if self.config.batch_size > n:
             raise ValueError(f"batch_size: {self.config.batch_size} is larger than the training set ({n} examples)")
+        return n
+
+    def _state(self, params, key, n: int, config: RSOConfig, sweep: Mapping = {}) -> RSOState:
+        """One run's initial state under `config`; the names in `sweep` become traced `hypers`."""
         sigmas = {
             path: jnp.asarray(
-                layer_sigma(get_leaf(params, path).shape, self.config.sigma_scale, self.config.vector_sigma),
+                layer_sigma(get_leaf(params, path).shape, config.sigma_scale, config.vector_sigma),
                 get_leaf(params, path).dtype,
             )
             for path in self.layers
         }
+        # The constants a Python float gives the compiled program, rounded once from the exact value.
+        exact = {"anneal_floor": config.anneal_floor, "anneal_rest": 1.0 - config.anneal_floor,
+                 "weight_keep": 1.0 - config.weight_decay}
+        names = {"anneal_floor": ("anneal_floor", "anneal_rest"), "weight_decay": ("weight_keep",)}
+        float_dtype = jnp.zeros(()).dtype  # float32, or float64 where x64 is on
+        hypers = {h: jnp.asarray(np.float64(exact[h]), float_dtype) for name in sweep for h in names.get(name, ())}
         search_key, data_key = jax.random.split(key)
-        state = RSOState(params=params, sigmas=sigmas, key=search_key, data_key=data_key, cycle=jnp.int32(0), n_examples=n)
-        return replicate(state, self.mesh)
+        return RSOState(
+            params=params, sigmas=sigmas, key=search_key, data_key=data_key, cycle=jnp.int32(0), n_examples=n, hypers=hypers
+        )
 
     def n_weights(self, state: RSOState, path: str) -> int:
         """The number of weights of layer `path`.
@@ -271,9 +394,14 @@ class RSO:
           path: the layer.
 
         Returns:
-          The size of the layer's parameter array.
+          The size of the layer's parameter array (of one run's).
         """
-        return get_leaf(state.params, path).size
+        return math.prod(self._shape(state, path))
+
+    def _shape(self, state: RSOState, path: str) -> tuple[int, ...]:
+        """The shape of layer `path` in one run."""
+        shape = get_leaf(state.params, path).shape
+        return shape if state.runs is None else shape[1:]
 
     def chunk(self, chunk_size: int | None, n: int) -> int:
         """Weights per compiled sweep call for a layer.
@@ -305,7 +433,7 @@ class RSO:
           previous: the context prepared before, if any; what is still valid is reused.
 
         Returns:
-          The context to pass to `sweep`.
+          The context to pass to `sweep` (for several runs, a `RunsContext`).
 
         Raises:
           ValueError: `data` is not the state's training set, or `path` is not searched.
@@ -315,7 +443,10 @@ class RSO:
 
     def _prepare(self, state, data, path, previous):
         with precision_scope(self.config.precision):
-            return self.evaluator.prepare(state.params, path, data, previous)
+            if state.runs is None:
+                return self.evaluator.prepare(state.params, path, data, previous)
+            previous = previous.ctx() if isinstance(previous, RunsContext) else None
+            return RunsContext.of(*self.evaluator.prepare_runs(state.params, path, data, previous))
 
     def sweep(self, state: RSOState, ctx, path: str, start: int = 0, stop: int | None = None):
         """Visits the weights at visit positions `start` to `stop - 1` of a layer, compiled.
@@ -335,7 +466,7 @@ class RSO:
             less than the whole layer.
         """
         with precision_scope(self.config.precision):
-            return self._sweep(state, ctx, *self._range(state, path, start, stop), path=path)
+            return self._sweeper(state)(state, ctx, *self._range(state, path, start, stop), path=path)
 
     def lower(self, state: RSOState, ctx, path: str, start: int = 0, stop: int | None = None) -> jax.stages.Lowered:
         """The sweep `sweep` would run, lowered (to inspect its HLO).
@@ -351,7 +482,10 @@ class RSO:
           The lowered computation, as `jax.jit(...).lower` gives it.
         """
         with precision_scope(self.config.precision):
-            return self._sweep.lower(state, ctx, *self._range(state, path, start, stop), path=path)
+            return self._sweeper(state).lower(state, ctx, *self._range(state, path, start, stop), path=path)
+
+    def _sweeper(self, state):
+        return self._sweep if state.runs is None else self._sweep_runs
 
     def _range(self, state, path, start, stop):
         n = self.n_weights(state, path)
@@ -430,7 +564,7 @@ class RSO:
 
     def _whole_layer(self, state, data, path, chunk_size, ctx):
         """`chunks` to the layer's end, metrics summed; the last context is passed on."""
-        metrics = SweepMetrics.zeros(get_leaf(state.params, path).dtype)
+        metrics = SweepMetrics.zeros(get_leaf(state.params, path).dtype)  # broadcasts over runs
         for state, m, _, ctx in self.chunks(state, data, path, chunk_size=chunk_size, ctx=ctx):
             metrics = metrics + m
         return state, metrics, ctx
@@ -451,7 +585,8 @@ class RSO:
         cfg = self.config
         leaf = get_leaf(state.params, path)
         order = jnp.asarray(weight_order(leaf.shape, cfg.output_first))
-        sigma = state.sigmas[path] * anneal(state.cycle, cfg.cycles, cfg.anneal_floor).astype(leaf.dtype)
+        floor = state.hypers.get("anneal_floor", cfg.anneal_floor), state.hypers.get("anneal_rest")
+        sigma = state.sigmas[path] * anneal(state.cycle, cfg.cycles, *floor).astype(leaf.dtype)
         layer = self.layers.index(path)
         layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), layer)
         perm_N = block_permutation(state.data_key, state.cycle, self.blocks[layer], state.n_examples)
@@ -464,14 +599,21 @@ class RSO:
 
         return order, dw, batch
 
+    def weight_keep(self, state: RSOState):
+        """The factor 1 - weight_decay on a weight before its candidates: a Python float, or
+        the state's traced one where the runs differ in weight decay."""
+        return state.hypers.get("weight_keep", 1.0 - self.config.weight_decay)
+
     def _sweep_impl(self, state: RSOState, ctx, start, stop, *, path: str):
         cfg = self.config
         order, dw, batch = self.draws(state, path)
         zeros = SweepMetrics.zeros(get_leaf(state.params, path).dtype)
 
+        keep = self.weight_keep(state)
+
         def search(ctx, params, j, dw_j, idx_B):
             idx_B = shard_batch(idx_B, self.mesh)  # with a mesh: the batch is split over its devices
-            return search_weight(self.evaluator, ctx, params, path, j, dw_j, idx_B, cfg.weight_decay)
+            return search_weight(self.evaluator, ctx, params, path, j, dw_j, idx_B, keep)
 
         if cfg.granularity != "weight":
             params, metrics = parallel_sweep(
@@ -491,21 +633,30 @@ class RSO:
         params, _, metrics = jax.lax.fori_loop(start, stop, visit, carry)
         return state.replace(params=params), metrics
 
+    def _sweep_runs_impl(self, state: RSOState, ctx: RunsContext, start, stop, *, path: str):
+        """`_sweep_impl` mapped over the runs; the context's shared leaves are not mapped."""
 
-def candidate_values(w, dw, weight_decay: float) -> jax.Array:
-    """w', w' + dw, w' - dw with w' = w * (1 - weight_decay), in the order ties are broken."""
-    decayed = w * (1 - weight_decay)
+        def one(state, batched, shared):
+            return self._sweep_impl(state, ctx.ctx(batched, shared), start, stop, path=path)
+
+        return jax.vmap(one, in_axes=(0, 0, None))(state, ctx.batched, ctx.shared)
+
+
+def candidate_values(w, dw, keep) -> jax.Array:
+    """w', w' + dw, w' - dw with w' = w * keep (keep = 1 - weight_decay, a float or a traced
+    scalar), in the order ties are broken."""
+    decayed = w * jnp.asarray(keep, w.dtype) if isinstance(keep, jax.Array) else w * keep
     return jnp.stack([decayed, decayed + dw, decayed - dw])
 
 
-def search_weight(evaluator: Evaluator, ctx, params, path: str, j, dw, idx_B, weight_decay: float):
+def search_weight(evaluator: Evaluator, ctx, params, path: str, j, dw, idx_B, keep):
     """Algorithm 1 for weight `j` of layer `path`: the value to keep and the step's metrics.
 
-    With w' = w * (1 - weight_decay), the lowest finite loss of w', w' + dw, w' - dw on the
-    examples `idx_B` wins (ties to the earlier); if none is finite, w is kept.
+    With w' = w * keep (keep = 1 - weight_decay), the lowest finite loss of w', w' + dw,
+    w' - dw on the examples `idx_B` wins (ties to the earlier); if none is finite, w is kept.
     """
     w = get_leaf(params, path).ravel()[j]
-    values = candidate_values(w, dw, weight_decay)
+    values = candidate_values(w, dw, keep)
     losses = evaluator.losses(ctx, params, path, j, values, idx_B)
     choice = choose(losses)
     kept = choice >= 0

@@ -28,15 +28,18 @@ def layer_sigma(shape: tuple[int, ...], scale: float = 1.0, vector_sigma: float 
     return scale * math.sqrt(2.0 / fan_in)
 
 
-def anneal(cycle, cycles: int, floor: float = 0.1) -> jnp.ndarray:
+def anneal(cycle, cycles: int, floor=0.1, rest=None) -> jnp.ndarray:
     """The factor on sigma_d at a cycle: a linear anneal from 1 to just above `floor`.
 
     Args:
       cycle: the cycle, 0-based (may be traced).
       cycles: the run's number of cycles.
-      floor: the factor's limit at the last cycle.
+      floor: the factor's limit at the last cycle (a float, or an array when it is traced).
+      rest: 1 - floor, rounded from the exact value; give it with a traced `floor`, so that
+        the factor is the one a Python float `floor` gives (None: computed from `floor`).
 
     Returns:
       floor + (1 - floor) * (cycles - cycle) / cycles.
     """
-    return floor + (1.0 - floor) * (cycles - jnp.asarray(cycle)) / cycles
+    rest = 1.0 - floor if rest is None else rest
+    return floor + rest * (cycles - jnp.asarray(cycle)) / cycles

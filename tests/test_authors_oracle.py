@@ -89,7 +89,7 @@ def follow(rso: RSO, state, ctx, choices, *, path: str):
         i, authors_choice = xs
         j = order[i]
         ctx = rso.evaluator.refresh(ctx, params, path, j)
-        values = candidate_values(get_leaf(params, path).ravel()[j], dw(i), rso.config.weight_decay)
+        values = candidate_values(get_leaf(params, path).ravel()[j], dw(i), rso.weight_keep(state))
         losses = rso.evaluator.losses(ctx, params, path, j, values, batch(i))
         return (with_weight(params, path, j, values[authors_choice]), ctx), (choose(losses), losses, dw(i))
 

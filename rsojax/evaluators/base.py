@@ -11,6 +11,11 @@ ordering and acceptance live in `rsojax.rso` and do not change with it. It has t
   (row-major flat index) of the layer `path` under `params`; called before every `losses`.
 - `losses(ctx, params, path, j, values_3, idx_B) -> losses_3`: the loss on the examples
   `idx_B` with weight `j` set to each of the three candidate values, in one batched call.
+- `prepare_runs(params, path, data, previous=None) -> (ctx, axes)`, optional: `prepare` for
+  several runs at once (`rsojax.RSO.init_runs`), `params` with a leading run axis. `axes`, a
+  pytree prefix of `ctx`, says which parts have a leading run axis (0) and which every run
+  shares (None); the engine maps `refresh` and `losses` over the runs. Without it an
+  evaluator serves one run at a time.
 
 and two attributes: `example_shape` (the shape of one input, checked before work starts; None:
 any) and `parallel_safe` (the context prepared for a layer serves every weight of it without
@@ -81,6 +86,21 @@ class Evaluator(Protocol):
 
         Returns:
           The three losses, summed over the minibatch.
+        """
+        ...
+
+    def prepare_runs(self, params, path: str, data, previous=None) -> tuple[Any, Any]:
+        """`prepare` for several runs (optional; see the module docstring).
+
+        Args:
+          params: the runs' parameters, every leaf with a leading run axis.
+          path: the layer.
+          data: the training set `(x, y)`, shared by the runs.
+          previous: the context prepared before for these runs, if any.
+
+        Returns:
+          `(ctx, axes)`: the runs' context, and a pytree prefix of it with 0 where it has a
+          leading run axis and None where the runs share it.
         """
         ...
 

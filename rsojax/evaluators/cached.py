@@ -3,7 +3,7 @@
 import dataclasses
 
 from rsojax.evaluators.base import OfSequential, candidate_losses, sequential_loss
-from rsojax.evaluators.stage_inputs import CACHE_BATCH, STATS_IMAGES, batch_major, stage_inputs
+from rsojax.evaluators.stage_inputs import CACHE_BATCH, STATS_IMAGES, batch_major, run_axes, stage_inputs
 from rsojax.models import Sequential, stage_of
 
 
@@ -40,6 +40,21 @@ class Cached(OfSequential):
           The `StageInputs`.
         """
         return stage_inputs(self.model, params, data, stage_of(path), self.cache_batch, self.stats_images, previous)
+
+    def prepare_runs(self, params, path, data, previous=None):
+        """`prepare` for several runs: each run's stage inputs; the training set is shared.
+
+        Args:
+          params: the runs' parameters (leading run axis).
+          path: the layer.
+          data: the training set `(x, y)`.
+          previous: the context prepared before for these runs, if any; reused as by `prepare`.
+
+        Returns:
+          `(StageInputs, axes)`.
+        """
+        inputs = stage_inputs(self.model, params, data, stage_of(path), self.cache_batch, self.stats_images, previous, runs=True)
+        return inputs, run_axes(inputs)
 
     def refresh(self, ctx, params, path, j):
         """The context unchanged: the searched stage's input does not depend on the layer.

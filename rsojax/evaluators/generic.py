@@ -39,6 +39,20 @@ class Generic:
         del params, path, previous
         return data
 
+    def prepare_runs(self, params, path, data, previous=None):
+        """The training set, which the runs share.
+
+        Args:
+          params: the runs' parameters (leading run axis).
+          path: the layer.
+          data: the training set `(x, y)`.
+          previous: the context prepared before, if any (unused).
+
+        Returns:
+          `(data, None)`.
+        """
+        return self.prepare(params, path, data, previous), None
+
     def refresh(self, ctx, params, path, j):
         """The context unchanged: it holds only the training set.
 

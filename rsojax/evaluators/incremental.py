@@ -73,6 +73,7 @@ from rsojax.evaluators.stage_inputs import (
     batch_major,
     in_passes,
     map_passes,
+    run_axes,
     stage_inputs,
 )
 from rsojax.losses import summed_cross_entropy
@@ -219,10 +220,29 @@ class Incremental(OfSequential):
         Returns:
           A `ConvContext`, or the `StageInputs` for a layer evaluated as `Cached` does.
         """
+        return self._prepare(params, path, data, previous, runs=False)[0]
+
+    def prepare_runs(self, params, path, data, previous=None):
+        """`prepare` for several runs: each run's stage inputs and P; the training set and the
+        pending pair (the same for every run, as all visit the same weight) are shared.
+
+        Args:
+          params: the runs' parameters (leading run axis).
+          path: the layer.
+          data: the training set `(x, y)`.
+          previous: the context prepared before for these runs, if any; reused as by `prepare`.
+
+        Returns:
+          `(ctx, axes)`.
+        """
+        return self._prepare(params, path, data, previous, runs=True)
+
+    def _prepare(self, params, path, data, previous, runs: bool):
         d, stage, _ = self._stage(path)
-        inputs = stage_inputs(self.model, params, data, d, self.cache_batch, self.stats_images, previous)
+        inputs = stage_inputs(self.model, params, data, d, self.cache_batch, self.stats_images, previous, runs)
+        inputs_axes = run_axes(inputs) if runs else None
         if stage is None:
-            return inputs
+            return inputs, inputs_axes
         kernel = params[f"stages_{d}"]["Conv_0"]["kernel"]
         if (
             isinstance(previous, ConvContext)
@@ -231,11 +251,18 @@ class Incremental(OfSequential):
             and bool(jnp.array_equal(previous.kernel, kernel))
         ):  # BN's gamma after its beta, a shortcut after BN: the conv is unchanged (the same bits)
             p = previous.p_OxNxHxW
+        elif runs:
+            shared_input = _main(stage, inputs_axes.h_S[d]) is None
+            p = _conv_output_runs(stage, _main(stage, inputs.h_S[d]), kernel, self.cache_batch, shared_input)
         else:
             p = _conv_output(stage, _main(stage, inputs.h_S[d]), kernel, self.cache_batch)
         no_pair = jnp.full((2,), -1, jnp.int32)
         taps = jnp.zeros((3, 3), kernel.dtype)
-        return ConvContext(inputs=inputs, kernel=kernel, p_OxNxHxW=p, pair=no_pair, taps=taps, stage=d)
+        ctx = ConvContext(inputs=inputs, kernel=kernel, p_OxNxHxW=p, pair=no_pair, taps=taps, stage=d)
+        # The pair and its taps are the same for every run (the runs visit the same weight):
+        # shared, the fold's condition stays a branch under the runs' vmap.
+        axes = ConvContext(inputs=inputs_axes, kernel=0, p_OxNxHxW=0, pair=None, taps=None, stage=d) if runs else None
+        return ctx, axes
 
     def refresh(self, ctx, params, path, j):
         """Folds the previous (input, output) channel pair's changes into P when weight `j` is of another pair.
@@ -441,6 +468,15 @@ def _taps(kernel_3x3xIxO: jax.Array, ci, co) -> jax.Array:
 def channel_rows(h_CxNx: jax.Array, c, idx_B: jax.Array) -> jax.Array:
     """h_CxNx[c, idx_B] as one gather of rows (indexing both axes can copy channel c first)."""
     return h_CxNx.reshape(-1, *h_CxNx.shape[2:])[c * h_CxNx.shape[1] + idx_B]
+
+
+@functools.partial(jax.jit, static_argnames=("stage", "cache_batch", "shared_input"))
+def _conv_output_runs(stage, h_IxNxHxW: jax.Array, kernel_R: jax.Array, cache_batch: int, shared_input: bool) -> jax.Array:
+    """`_conv_output` of several runs' kernels (leading run axis), of their own inputs or,
+    with `shared_input`, of the training set they share."""
+    return jax.vmap(lambda h, k: _conv_output(stage, h, k, cache_batch), in_axes=(None if shared_input else 0, 0))(
+        h_IxNxHxW, kernel_R
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("stage", "cache_batch"))

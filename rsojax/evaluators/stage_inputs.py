@@ -71,6 +71,12 @@ def reference_statistics(model: Sequential, params, x_N: jax.Array, stats_images
     return bn_statistics(model, params, x_N[:stats_images])
 
 
+@functools.partial(jax.jit, static_argnames=("model", "stats_images"))
+def reference_statistics_runs(model: Sequential, params, x_N: jax.Array, stats_images: int = STATS_IMAGES) -> dict:
+    """`reference_statistics` of several runs: `params` and the result with a leading run axis."""
+    return jax.vmap(lambda p: bn_statistics(model, p, x_N[:stats_images]))(params)
+
+
 def prefix(model: Sequential, params, stats: dict, x_B: jax.Array, stop: int):
     """Stages 0..`stop - 1` in inference mode with `stats`: the caching pass for a batch."""
     return model.apply({"params": params, "batch_stats": stats}, x_B, train=False, stop=stop)
@@ -109,22 +115,34 @@ def _distinct(trees: list) -> tuple[list, list]:
     return arrays, layout
 
 
-@functools.partial(jax.jit, static_argnames=("model", "stages", "cache_batch", "stats_images"))
-def _distinct_stage_inputs(model: Sequential, params, x, stages: int, cache_batch: int, stats_images: int) -> list:
+def _distinct_arrays(model: Sequential, params, x, stages: int, cache_batch: int, stats_images: int, first: int) -> list:
+    """The distinct stage inputs from the `first`-th on (the 0th is the training set's `x`)."""
     stats = reference_statistics(model, params, x, stats_images)
-    return map_passes(lambda x_pass: _distinct(_prefix_inputs(model, params, stats, x_pass, stages))[0], x, cache_batch)
+    return map_passes(lambda x_pass: _distinct(_prefix_inputs(model, params, stats, x_pass, stages))[0][first:], x, cache_batch)
 
 
-def _stage_inputs(model: Sequential, params, x, stages: int, cache_batch: int, stats_images: int) -> tuple:
-    """The inputs of stages 0..`stages - 1`, channel-major, each distinct array once."""
-    arrays = _distinct_stage_inputs(model, params, x, stages, cache_batch, stats_images)
+@functools.partial(jax.jit, static_argnames=("model", "stages", "cache_batch", "stats_images", "runs"))
+def _distinct_stage_inputs(model: Sequential, params, x, stages: int, cache_batch: int, stats_images: int, runs: bool) -> list:
+    if not runs:
+        return _distinct_arrays(model, params, x, stages, cache_batch, stats_images, 0)
+    # The training set (array 0) is every run's: stored once, the rest once per run.
+    x_CxN = map_passes(lambda x_pass: x_pass, x, cache_batch)
+    per_run = jax.vmap(lambda p: _distinct_arrays(model, p, x, stages, cache_batch, stats_images, 1))(params)
+    return [x_CxN, *per_run]
+
+
+def _stage_inputs(model: Sequential, params, x, stages: int, cache_batch: int, stats_images: int, runs: bool) -> tuple:
+    """The inputs of stages 0..`stages - 1`, channel-major, each distinct array once; with
+    `runs`, every array but the training set's with a leading run axis."""
+    arrays = _distinct_stage_inputs(model, params, x, stages, cache_batch, stats_images, runs)
     layout = []
 
-    def trace(x_pass):  # the layout, from an abstract pass: nothing is computed
+    def trace(params, x_pass):  # the layout, from an abstract pass: nothing is computed
         stats = bn_statistics(model, params, x_pass)
         layout.extend(_distinct(_prefix_inputs(model, params, stats, x_pass, stages))[1])
 
-    jax.eval_shape(trace, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
+    one_run = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:] if runs else a.shape, a.dtype), params)
+    jax.eval_shape(trace, one_run, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
     return tuple(jax.tree.unflatten(treedef, [arrays[i] for i in at]) for treedef, at in layout)
 
 
@@ -136,9 +154,12 @@ def stage_inputs(
     cache_batch: int = CACHE_BATCH,
     stats_images: int = STATS_IMAGES,
     previous=None,
+    runs: bool = False,
 ) -> StageInputs:
     """The inputs of stages 0..`stage`, reusing those of `previous` (a `StageInputs`, or a
-    context with one as `.inputs`) if the stages before are unchanged."""
+    context with one as `.inputs`) if the stages before are unchanged. With `runs`, `params`
+    holds several runs' on a leading axis, and so does every input but the training set
+    (`run_axes`)."""
     previous = getattr(previous, "inputs", previous)
     if (
         isinstance(previous, StageInputs)
@@ -152,4 +173,13 @@ def stage_inputs(
         # Only the inputs of stages up to `stage` stay valid once it changes: drop the rest.
         return previous.replace(h_S=previous.h_S[: stage + 1])
     x, y = data
-    return StageInputs(params=params, h_S=_stage_inputs(model, params, x, stage + 1, cache_batch, stats_images), y_N=y)
+    h_S = _stage_inputs(model, params, x, stage + 1, cache_batch, stats_images, runs)
+    return StageInputs(params=params, h_S=h_S, y_N=y)
+
+
+def run_axes(inputs: StageInputs) -> StageInputs:
+    """Where `stage_inputs(..., runs=True)` has a leading run axis: 0 on what the runs'
+    parameters made, None on what they share (the training set)."""
+    x_CxN = inputs.h_S[0]
+    h_S = jax.tree.map(lambda a: None if a is x_CxN else 0, inputs.h_S)
+    return StageInputs(params=0, h_S=h_S, y_N=None)

@@ -5,7 +5,7 @@ import dataclasses
 import flax.struct
 
 from rsojax.evaluators.base import OfSequential, candidate_losses, sequential_loss
-from rsojax.evaluators.stage_inputs import STATS_IMAGES, prefix, reference_statistics
+from rsojax.evaluators.stage_inputs import STATS_IMAGES, prefix, reference_statistics, reference_statistics_runs
 from rsojax.models import Sequential, stage_of
 
 
@@ -50,6 +50,22 @@ class Uncached(OfSequential):
         """
         del path, previous
         return UncachedContext(data=data, stats=reference_statistics(self.model, params, data[0], self.stats_images))
+
+    def prepare_runs(self, params, path, data, previous=None):
+        """`prepare` for several runs: the training set, shared, and each run's statistics.
+
+        Args:
+          params: the runs' parameters (leading run axis).
+          path: the layer.
+          data: the training set `(x, y)`.
+          previous: the context prepared before, if any (unused).
+
+        Returns:
+          `(UncachedContext, axes)`.
+        """
+        del path, previous
+        stats = reference_statistics_runs(self.model, params, data[0], self.stats_images)
+        return UncachedContext(data=data, stats=stats), UncachedContext(data=None, stats=0)
 
     def refresh(self, ctx, params, path, j):
         """The context unchanged: nothing in it depends on the searched layer.
