@@ -1,0 +1,127 @@
+"""Several runs in one compiled program (`RSO.init_runs`): run k decides as it would alone.
+
+The single run is checked against literal references elsewhere (`test_rso.py`,
+`test_evaluators.py`); here each run of a K-run program is compared with that single run."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import init_params, random_data
+
+import rsojax
+from rsojax.rso import candidate_values
+
+SEEDS = (5, 6)
+# The swept values are each run's own; one of each is rounded differently when the complement
+# (1 - value) is taken in float32 rather than exactly (0.33 and 0.008791), which the runs'
+# traced constants must not do.
+SWEEP = {"sigma_scale": (2.0, 0.5), "vector_sigma": (0.167, 0.3), "anneal_floor": (0.1, 0.33), "weight_decay": (1e-4, 0.008791)}
+# The head (evaluated as Cached does); a conv with a conv stage next and its BN (whose P is
+# reused from the conv's context); stage 0's conv, whose input is the training set itself.
+LAYERS = ["stages_6/Dense_0/kernel", "stages_4/Conv_0/kernel", "stages_4/BatchNorm_0/scale", "stages_0/Conv_0/kernel"]
+
+
+def problem(dtype=jnp.float64):
+    model = rsojax.mnist_convnet(channels=3)
+    x, y = random_data(48, model.input_shape, key=4, dtype=dtype)
+    return model, (x, y), [init_params(model, x, seed=s, dtype=dtype) for s in SEEDS]
+
+
+def stacked(trees):
+    return jax.tree.map(lambda *a: jnp.stack(a), *trees)
+
+
+def keys():
+    return jnp.stack([jax.random.key(s) for s in SEEDS])
+
+
+def alone(rso, k, sweep=SWEEP):
+    """The RSO of run k alone: the config with the k-th swept values."""
+    config = dataclasses.replace(rso.config, **{name: values[k] for name, values in sweep.items()})
+    return rsojax.RSO(rso.evaluator, rso.layers, config)
+
+
+@pytest.mark.parametrize(
+    "evaluator, granularity",
+    [("incremental", "weight"), ("cached", "neuron"), ("generic", "weight")],
+)
+def test_each_run_takes_the_decisions_it_takes_alone(evaluator, granularity):
+    """float64: every weight of every run gets the single run's value after a cycle in chunks
+    (so each chunk's context is prepared from the runs' own state). Up to rounding: XLA may
+    contract w' + dw into one fused multiply-add in one program and not in the other; a
+    different decision would move the weight by a whole dw."""
+    model, data, params = problem()
+    # The swept hyperparameters with one evaluator; the others compile one single run for both.
+    layers, sweep = (LAYERS, SWEEP) if evaluator == "incremental" else (LAYERS[:2], {})
+    config = rsojax.RSOConfig(batch_size=16, cycles=3, granularity=granularity)
+    rso = rsojax.RSO(rsojax.EVALUATORS[evaluator](model), layers, config)
+    state = rso.init_runs(stacked(params), keys(), data, sweep)
+    assert state.runs == len(SEEDS)
+    state, metrics = rso.cycle(state, data, chunk_size=40)
+    singles = [alone(rso, k, sweep) for k in range(len(SEEDS))] if sweep else [rso] * len(SEEDS)
+    for k, seed in enumerate(SEEDS):
+        single = singles[k]
+        expected, expected_metrics = single.cycle(single.init(params[k], jax.random.key(seed), data), data, chunk_size=40)
+        for path in layers:
+            got, want = rsojax.get_leaf(state.params, path)[k], rsojax.get_leaf(expected.params, path)
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=0, err_msg=f"run {k}, {path}")
+        assert [int(m.accepted[k]) for _, m in metrics] == [int(m.accepted) for _, m in expected_metrics]
+    assert all(int(m.accepted.min()) > 0 for _, m in metrics)  # every run moved on every layer
+
+
+def test_runs_use_the_constants_a_single_run_compiles():
+    """float32, without x64 (as users run): dw and the candidates of run k are bit for bit the
+    single run's, with an anneal floor and a weight decay whose complements (1 - value)
+    round differently when taken in float32."""
+    with jax.enable_x64(False):
+        model, data, params = problem(jnp.float32)
+        path = "stages_5/Conv_0/kernel"
+        rso = rsojax.RSO(rsojax.Incremental(model), [path], rsojax.RSOConfig(batch_size=16, cycles=3))
+        state = rso.init_runs(stacked(params), keys(), data, SWEEP)
+        for k, seed in enumerate(SEEDS):
+            single = alone(rso, k)
+            for cycle in range(3):
+                one = single.init(params[k], jax.random.key(seed), data).replace(cycle=jnp.int32(cycle))
+                run_k = jax.tree.map(lambda a: a[k], state).replace(cycle=jnp.int32(cycle))
+                (_, dw, _), (_, dw_alone, _) = rso.draws(run_k, path), single.draws(one, path)
+                w = rsojax.get_leaf(one.params, path).ravel()[:16]
+                for i in range(16):
+                    got = candidate_values(w[i], dw(i), rso.weight_keep(run_k))
+                    want = candidate_values(w[i], dw_alone(i), single.weight_keep(one))
+                    assert np.array_equal(got, want), (k, cycle, i, got, want)
+
+
+def test_incremental_folds_in_a_branch_for_every_run():
+    """The pending channel pair is the runs' shared state: the fold over the training set
+    stays a conditional under the runs' vmap instead of a select computing it at every weight."""
+    model, data, params = problem(jnp.float32)
+    path = "stages_1/Conv_0/kernel"
+    rso = rsojax.RSO(rsojax.Incremental(model), [path], rsojax.RSOConfig(batch_size=16))
+    state = rso.init_runs(stacked(params), keys(), data)
+    hlo = rso.lower(state, rso.prepare(state, data, path), path).as_text()
+    assert "stablehlo.case" in hlo or "stablehlo.if" in hlo
+
+
+def test_refusals_name_the_argument():
+    model, data, params = problem()
+    rso = rsojax.RSO(rsojax.Cached(model), LAYERS[:1], rsojax.RSOConfig(batch_size=16))
+    with pytest.raises(ValueError, match="sweep: 'batch_size' cannot differ"):
+        rso.init_runs(stacked(params), keys(), data, {"batch_size": (8, 16)})
+    with pytest.raises(ValueError, match="sweep: sigma_scale has 3 values for 2 runs"):
+        rso.init_runs(stacked(params), keys(), data, {"sigma_scale": (1.0, 2.0, 3.0)})
+    with pytest.raises(ValueError, match="sigma_scale: expected a positive number"):
+        rso.init_runs(stacked(params), keys(), data, {"sigma_scale": (1.0, -1.0)})
+    with pytest.raises(ValueError, match="params: every leaf needs a leading axis of the 1 runs"):
+        rso.init_runs(stacked(params), keys()[:1], data)
+    with pytest.raises(ValueError, match="keys: expected one PRNG key per run"):
+        rso.init_runs(stacked(params), jax.random.key(0), data)
+
+    class OneRunOnly:
+        example_shape, parallel_safe = None, True
+        prepare = refresh = losses = None
+
+    with pytest.raises(ValueError, match="evaluator: OneRunOnly has no prepare_runs"):
+        rsojax.RSO(OneRunOnly(), LAYERS[:1], rso.config).init_runs(stacked(params), keys(), data)
