@@ -22,6 +22,11 @@ global pool (max, as the reference code).
 after timing, to DIR/<layer> (viewable in TensorBoard's profile plugin or XProf), with the
 sweep's compiled HLO beside it (sweep.hlo.txt: which code each kernel runs).
 
+--runs K advances K independent runs (seeds 0..K-1) together in one compiled program
+(`RSO.init_runs`): the cycle's seconds are those of the K runs together, `cycle_seconds_per_run`
+divides them by K, and `context_mb_per_run` is what each run adds to the evaluator's context
+(its caches, which grow with the training set; `rsojax.memory`).
+
 --devices N splits each minibatch over N devices (`rsojax.sharding`); on a CPU, N devices are
 made from its cores (`jax_num_cpu_devices`), so compare N = 1, 2, ... on the same machine.
 """
@@ -218,11 +223,15 @@ def setup(args):
     kx, ky, kp = jax.random.split(jax.random.key(args.seed), 3)
     x = jax.random.normal(kx, (args.train_size, *model.input_shape), jnp.float32)
     y = jax.random.randint(ky, (args.train_size,), 0, 10)
-    params = model.init(kp, x[:2], train=True)["params"]
-    mesh = sharding.make_mesh(args.devices)
+    mesh = None if args.runs > 1 else sharding.make_mesh(args.devices)
     config = rsojax.RSOConfig(batch_size=args.batch_size, precision=args.precision)
     rso = rsojax.RSO(EVALUATORS[args.mode](model), model.search_order(), config, mesh=mesh)
-    return model, (x, y), mesh, rso, rso.init(params, jax.random.key(args.seed), (x, y))
+    if args.runs == 1:
+        params = model.init(kp, x[:2], train=True)["params"]
+        return model, (x, y), mesh, rso, rso.init(params, jax.random.key(args.seed), (x, y))
+    seeds = range(args.seed, args.seed + args.runs)
+    params = jax.vmap(lambda k: model.init(k, x[:2], train=True)["params"])(jnp.stack([jax.random.key(s) for s in seeds]))
+    return model, (x, y), mesh, rso, rso.init_runs(params, jnp.stack([jax.random.key(s) for s in seeds]), (x, y))
 
 
 def time_stage_inputs(rso, state, data) -> tuple[float, object]:
@@ -241,7 +250,7 @@ def time_stage_inputs(rso, state, data) -> tuple[float, object]:
 def time_layer(args, rso, state, data, path: str, previous):
     """Times layer `path`: its context, a call's fixed cost and the seconds per weight over a
     window of `k` weights (`window`). Returns the state and context after, and the timings."""
-    shape = rsojax.get_leaf(state.params, path).shape
+    shape = rso.layer_shape(state, path)
     # Every chunk is prepared from the state it starts from (what `run_rso` does); timed the
     # second time, with the previous layer's context (as the kernel changes between chunks,
     # later chunks of a layer cannot reuse their predecessor's caches either).
@@ -278,8 +287,8 @@ def layer_result(args, model, costs, path: str, n: int, timing: dict) -> dict:
     n_chunks = math.ceil(n / args.chunk_size)
     layer_seconds = n_chunks * (timing["prepare_s"] + timing["call_s"]) + n * timing["per_weight"]
     flops_fn, bytes_fn = COUNTS[args.mode]
-    layer_flops = flops_fn(costs[0], d, leaf, n, args.batch_size, args.train_size, n_chunks, model)
-    layer_bytes = bytes_fn(costs, d, leaf, n, args.batch_size, args.train_size, n_chunks, model)
+    layer_flops = args.runs * flops_fn(costs[0], d, leaf, n, args.batch_size, args.train_size, n_chunks, model)
+    layer_bytes = args.runs * bytes_fn(costs, d, leaf, n, args.batch_size, args.train_size, n_chunks, model)
     return {
         "layer": path,
         "n_weights": n,
@@ -295,11 +304,11 @@ def layer_result(args, model, costs, path: str, n: int, timing: dict) -> dict:
     }
 
 
-def summary(args, mesh, costs, inputs_s: float, per_layer: list[dict], compile_seconds: float, load_before) -> dict:
+def summary(args, mesh, costs, inputs_s: float, per_layer: list[dict], compile_seconds: float, load_before, memory: dict) -> dict:
     """The whole cycle: the settings, every layer's row, the totals and rates, the machine."""
     cycle_seconds = inputs_s + sum(r["layer_seconds"] for r in per_layer)
-    flops = flops_inputs(costs[0], args.mode, args.train_size) + sum(r["layer_flops"] for r in per_layer)
-    moved = bytes_inputs(costs, args.mode, args.train_size) + sum(r["layer_bytes"] for r in per_layer)
+    flops = args.runs * flops_inputs(costs[0], args.mode, args.train_size) + sum(r["layer_flops"] for r in per_layer)
+    moved = args.runs * bytes_inputs(costs, args.mode, args.train_size) + sum(r["layer_bytes"] for r in per_layer)
     device = jax.devices()[0]
     return {
         "model": args.model,
@@ -312,11 +321,14 @@ def summary(args, mesh, costs, inputs_s: float, per_layer: list[dict], compile_s
         "weights_per_layer": args.weights_per_layer,
         "seed": args.seed,
         "chunk_size": args.chunk_size,
+        "runs": args.runs,
         **sharding.describe(mesh),
-        "weights_per_s": sum(r["n_weights"] for r in per_layer) / cycle_seconds,
+        "weights_per_s": args.runs * sum(r["n_weights"] for r in per_layer) / cycle_seconds,
         "stage_inputs_seconds": inputs_s,
         "per_layer": per_layer,
         "cycle_seconds": cycle_seconds,
+        "cycle_seconds_per_run": cycle_seconds / args.runs,
+        **memory,
         "flops_per_cycle": flops,
         "achieved_gflops": flops / cycle_seconds / 1e9,
         "bytes_per_cycle": moved,
@@ -338,8 +350,9 @@ def run(args) -> dict:
     load_before = os.getloadavg()
     inputs_s, ctx = time_stage_inputs(rso, state, data)
     per_layer, compile_seconds = [], 0.0
+    memory = context_memory(rso, state, data)
     for path in rso.layers:
-        n = rsojax.get_leaf(state.params, path).size
+        n = rso.n_weights(state, path)
         state, ctx, timing = time_layer(args, rso, state, data, path, ctx)
         if args.trace:
             state = trace_layer(os.path.join(args.trace, path.replace("/", ".")), rso, state, ctx, path, timing["k"])
@@ -351,7 +364,14 @@ def run(args) -> dict:
             f" {row['layer_seconds']:10.1f} {row['gflops']:8.1f} {row['gbytes_per_s']:6.1f}",
             flush=True,
         )
-    return summary(args, mesh, costs, inputs_s, per_layer, compile_seconds, load_before)
+    return summary(args, mesh, costs, inputs_s, per_layer, compile_seconds, load_before, memory)
+
+
+def context_memory(rso, state, data) -> dict:
+    """The evaluator's largest context over the layers, in MB: what the runs share and what
+    each run adds (`rsojax.memory.context_bytes`)."""
+    shared, per_run = rsojax.memory.context_bytes(rso, state, data)
+    return {"context_mb_shared": shared / 2**20, "context_mb_per_run": per_run / 2**20}
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -373,11 +393,15 @@ def parse(argv=None) -> argparse.Namespace:
                         help=f"weights per compiled sweep call (as experiments/mnist.py) [default: {CHUNK_SIZE}]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--devices", type=int, default=1, help="devices each minibatch is split over (0 = all)")
+    parser.add_argument("--runs", type=int, default=1, metavar="K",
+                        help="advance K runs (seeds SEED..SEED+K-1) together in one program (RSO.init_runs)")
     parser.add_argument("--trace", default=None, metavar="DIR",
                         help="also profile each layer's K weights once more (after timing them) into DIR/<layer>, "
                         "for TensorBoard or XProf")
     args = parser.parse_args(argv)
     args.train_size = args.train_size or MODELS[args.model][1]
+    if args.runs < 1 or (args.runs > 1 and args.devices != 1):
+        parser.error(f"--runs: expected a positive number of runs on one device, got {args.runs} on {args.devices}")
     return args
 
 
@@ -388,15 +412,17 @@ def main(argv=None):
         jax.config.update("jax_num_cpu_devices", args.devices)
     print(
         f"model={args.model} mode={args.mode} precision={args.precision} conv={args.conv} global_pool={args.global_pool} batch_size={args.batch_size}"
-        f" train_size={args.train_size} K={args.weights_per_layer} devices={args.devices}"
+        f" train_size={args.train_size} K={args.weights_per_layer} devices={args.devices} runs={args.runs}"
     )
     print(f"{'layer':28s} {'n':>6s} {'timed':>5s} {'weights/s':>10s} {'prepare s':>9s} {'layer s':>10s} {'GFLOP/s':>8s} {'GB/s':>6s}")
     result = run(args)
     print(
-        f"cycle: {result['cycle_seconds']:.1f} s ({result['weights_per_s']:.1f} weights/s on {result['n_devices']} "
+        f"cycle: {result['cycle_seconds']:.1f} s for {args.runs} run(s), {result['cycle_seconds_per_run']:.1f} s per run "
+        f"({result['weights_per_s']:.1f} weights/s on {result['n_devices']} "
         f"device(s), {result['n_processes']} process(es)), {result['flops_per_cycle'] / 1e12:.2f} TFLOP, "
         f"{result['achieved_gflops']:.1f} GFLOP/s, {result['bytes_per_cycle'] / 1e12:.2f} TB moved ({result['achieved_gbytes_per_s']:.1f} GB/s); compile {result['compile_seconds']:.1f} s; "
-        f"peak memory {result['peak_memory_mb']:.0f} MB; load {result['load_average']}"
+        f"peak memory {result['peak_memory_mb']:.0f} MB (context: {result['context_mb_shared']:.0f} MB shared, "
+        f"{result['context_mb_per_run']:.0f} MB per run); load {result['load_average']}"
     )
     if args.out:
         with open(args.out, "w") as fh:

@@ -1,6 +1,6 @@
 """rsojax: training neural networks without gradients by RSO (Tripathi & Singh, arXiv 2005.05955)."""
 
-from rsojax import records
+from rsojax import memory, records
 from rsojax.data import Dataset, load_mnist, load_npz
 from rsojax.evaluation import accuracy, bn_statistics, predict
 from rsojax.evaluators import EVALUATORS, Cached, Evaluator, Generic, Incremental, Uncached
@@ -49,6 +49,7 @@ __all__ = [
     "load_mnist",
     "load_npz",
     "mlp",
+    "memory",
     "mnist_convnet",
     "params_sha256",
     "predict",

@@ -396,10 +396,18 @@ class RSO:
         Returns:
           The size of the layer's parameter array (of one run's).
         """
-        return math.prod(self._shape(state, path))
+        return math.prod(self.layer_shape(state, path))
 
-    def _shape(self, state: RSOState, path: str) -> tuple[int, ...]:
-        """The shape of layer `path` in one run."""
+    def layer_shape(self, state: RSOState, path: str) -> tuple[int, ...]:
+        """The shape of layer `path`'s parameter array in one run.
+
+        Args:
+          state: the state holding the parameters (of one run or several).
+          path: the layer.
+
+        Returns:
+          The array's shape, without the run axis.
+        """
         shape = get_leaf(state.params, path).shape
         return shape if state.runs is None else shape[1:]
 
