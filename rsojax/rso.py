@@ -45,7 +45,7 @@ from rsojax.parallel import GRANULARITIES, parallel_sweep
 from rsojax.perturbation import PERTURBATIONS, draw_dw
 from rsojax.precision import PRECISIONS, check_precision, precision_scope
 from rsojax.sampling import batch_at, block_permutation
-from rsojax.sharding import check_batch, replicate, replicated, shard_batch
+from rsojax.sharding import RUNS, by_runs, check_batch, place_runs, replicate, replicated, run_groups, shard_batch
 from rsojax.schedule import anneal, layer_sigma
 
 
@@ -259,6 +259,7 @@ class RSO:
       config: hyperparameters.
       mesh: a `jax.sharding.Mesh` with a 'data' axis (`rsojax.sharding.make_mesh`): each
         minibatch is split over its devices, state and data are replicated (None: one device).
+        With several runs, a 'runs' axis beside it spreads them over its groups of devices.
 
     Raises:
       ValueError: `layers` is empty, the batch does not split over the mesh, or the
@@ -287,7 +288,8 @@ class RSO:
         # sharding differs, and the next call of each layer's sweep would compile it again.
         placed = {} if mesh is None else {"out_shardings": replicated(mesh)}
         self._sweep = jax.jit(self._sweep_impl, static_argnames=("path",), **placed)
-        self._sweep_runs = jax.jit(self._sweep_runs_impl, static_argnames=("path",))
+        placed_runs = {} if mesh is None else {"out_shardings": by_runs(mesh)}
+        self._sweep_runs = jax.jit(self._sweep_runs_impl, static_argnames=("path",), **placed_runs)
 
     def init(self, params, key: jax.Array, data) -> RSOState:
         """The state before the first cycle.
@@ -332,8 +334,6 @@ class RSO:
             value is invalid, the evaluator cannot evaluate several runs at once, or as `init`.
           TypeError: as `init`.
         """
-        if self.mesh is not None:
-            raise ValueError("mesh: several runs at once run on one device")
         if not hasattr(self.evaluator, "prepare_runs"):
             raise ValueError(
                 f"evaluator: {type(self.evaluator).__name__} has no prepare_runs, so it cannot evaluate several runs at once"
@@ -342,6 +342,8 @@ class RSO:
         if keys.ndim != 1 or not keys.shape[0]:
             raise ValueError(f"keys: expected one PRNG key per run, shape (runs,), got shape {keys.shape}")
         runs = keys.shape[0]
+        if runs % run_groups(self.mesh):
+            raise ValueError(f"keys: {runs} runs do not divide over the mesh's {run_groups(self.mesh)} groups of devices ('runs' axis)")
         sizes = {leaf.shape[0] if leaf.ndim else None for leaf in jax.tree.leaves(params)}
         if sizes != {runs}:
             raise ValueError(f"params: every leaf needs a leading axis of the {runs} runs, got leading sizes {sorted(map(str, sizes))}")
@@ -358,7 +360,7 @@ class RSO:
             self._state(per_run[k], keys[k], n, dataclasses.replace(self.config, **{m: v[k] for m, v in sweep.items()}), sweep)
             for k in range(runs)
         ]
-        return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+        return place_runs(jax.tree.map(lambda *leaves: jnp.stack(leaves), *states), self.mesh)
 
     def _check_size(self, data) -> int:
         n = check_data(data, self.evaluator.example_shape)
@@ -647,7 +649,10 @@ class RSO:
         def one(state, batched, shared):
             return self._sweep_impl(state, ctx.ctx(batched, shared), start, stop, path=path)
 
-        return jax.vmap(one, in_axes=(0, 0, None))(state, ctx.batched, ctx.shared)
+        # With a 'runs' mesh axis, the run axis of everything inside (the batch's sharding
+        # constraint included) is split over it.
+        spmd = RUNS if run_groups(self.mesh) > 1 else None
+        return jax.vmap(one, in_axes=(0, 0, None), spmd_axis_name=spmd)(state, ctx.batched, ctx.shared)
 
 
 def candidate_values(w, dw, keep) -> jax.Array:

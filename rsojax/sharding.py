@@ -1,5 +1,6 @@
-"""Data parallelism for RSO and SGD with `jax.sharding`: one mesh axis, 'data', over the
-devices of every process.
+"""Data parallelism for RSO and SGD with `jax.sharding`: a mesh axis 'data' over the
+devices of every process, and for several RSO runs at once (`RSO.init_runs`) an axis 'runs'
+beside it.
 
 Each candidate evaluation is data-parallel over its minibatch: the sampled batch indices are
 constrained to be sharded along 'data' (`shard_batch`), while parameters, optimizer state
@@ -13,6 +14,10 @@ The training data is replicated: every device gathers its share of a fresh minib
 own copy, with no host round-trip per weight (MNIST is 188 MB in float32). Whole-training-set
 caches of the evaluators (`Cached`, `Incremental`) are replicated too, and are computed by
 every device; see the README for data that does not fit on one device.
+
+Several runs: with a 'runs' axis of r devices, each run's state and caches live on the
+devices of its slice of that axis (K runs, K/r per slice), and its minibatches are split over
+the 'data' axis within the slice; the runs never communicate.
 
 Several hosts: `distributed_init` (`jax.distributed.initialize`) before anything else touches
 the devices, then `make_mesh` spans the devices of every process, and every process runs the
@@ -30,6 +35,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA = "data"
+RUNS = "runs"
 
 
 def distributed_init(coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None):
@@ -49,9 +55,11 @@ def distributed_init(coordinator_address: str | None = None, num_processes: int 
     )
 
 
-def make_mesh(n_devices: int = 0) -> Mesh:
-    """A one-axis ('data') mesh over the first `n_devices` of `jax.devices()` (0: all of them,
-    across all processes). With several processes every process must take part: all devices."""
+def make_mesh(n_devices: int = 0, runs: int = 1) -> Mesh:
+    """A mesh over the first `n_devices` of `jax.devices()` (0: all of them, across all
+    processes): one axis, 'data', or with `runs` > 1 the axes ('runs', 'data') of shape
+    (runs, n_devices / runs). With several processes every process must take part: all devices.
+    """
     total = jax.device_count()
     if not isinstance(n_devices, int) or not 0 <= n_devices <= total:
         raise ValueError(f"n_devices: expected 0 (all) to {total} (the devices available), got {n_devices!r}")
@@ -60,7 +68,11 @@ def make_mesh(n_devices: int = 0) -> Mesh:
         raise ValueError(
             f"n_devices: with {jax.process_count()} processes the mesh spans all {total} devices, got {n_devices}"
         )
-    return jax.make_mesh((n,), (DATA,), axis_types=(AxisType.Auto,), devices=jax.devices()[:n])
+    if not isinstance(runs, int) or runs < 1 or n % runs:
+        raise ValueError(f"runs: expected a number of device groups that divides the {n} devices, got {runs!r}")
+    if runs == 1:
+        return jax.make_mesh((n,), (DATA,), axis_types=(AxisType.Auto,), devices=jax.devices()[:n])
+    return jax.make_mesh((runs, n // runs), (RUNS, DATA), axis_types=(AxisType.Auto,) * 2, devices=jax.devices()[:n])
 
 
 def describe(mesh: Mesh | None) -> dict:
@@ -70,12 +82,23 @@ def describe(mesh: Mesh | None) -> dict:
     return {"n_devices": mesh.size, "n_processes": len({d.process_index for d in mesh.devices.flat})}
 
 
+def data_size(mesh: Mesh | None) -> int:
+    """The devices one minibatch is split over: the size of the mesh's 'data' axis."""
+    return 1 if mesh is None else mesh.shape[DATA]
+
+
+def run_groups(mesh: Mesh | None) -> int:
+    """The device groups the runs are spread over: the size of the mesh's 'runs' axis (1 without one)."""
+    return 1 if mesh is None or RUNS not in mesh.axis_names else mesh.shape[RUNS]
+
+
 def check_batch(batch_size: int, mesh: Mesh | None):
-    """The batch must split evenly over the mesh's devices."""
-    if mesh is not None and batch_size % mesh.size:
+    """The batch must split evenly over the mesh's 'data' axis."""
+    n = data_size(mesh)
+    if batch_size % n:
         raise ValueError(
-            f"batch_size: {batch_size} does not divide over {mesh.size} devices; "
-            f"use a multiple of {mesh.size} (for example {batch_size - batch_size % mesh.size or mesh.size})"
+            f"batch_size: {batch_size} does not divide over {n} devices; "
+            f"use a multiple of {n} (for example {batch_size - batch_size % n or n})"
         )
 
 
@@ -94,10 +117,10 @@ def replicate(tree, mesh: Mesh | None):
     Leaves may be host arrays, arrays of one process's devices or typed PRNG keys; with several
     processes every process must pass the same values.
     """
-    if mesh is None:
-        return tree
-    sharding = replicated(mesh)
+    return tree if mesh is None else _place(tree, replicated(mesh))
 
+
+def _place(tree, sharding: NamedSharding):
     def put(a):
         if _is_key(a):  # device_put cannot place keys on other processes' devices: move their data
             return jax.random.wrap_key_data(put(jax.random.key_data(a)), impl=jax.random.key_impl(a))
@@ -106,6 +129,18 @@ def replicate(tree, mesh: Mesh | None):
         return jax.device_put(np.asarray(a) if jax.process_count() > 1 else a, sharding)
 
     return jax.tree.map(put, tree)
+
+
+def by_runs(mesh: Mesh) -> NamedSharding:
+    """The sharding of an array whose leading axis holds runs: split over the 'runs' axis
+    (replicated over 'data'), or replicated on a mesh without one."""
+    return NamedSharding(mesh, PartitionSpec(RUNS) if RUNS in mesh.axis_names else PartitionSpec())
+
+
+def place_runs(tree, mesh: Mesh | None):
+    """Every leaf of `tree` (a leading run axis on each) placed by `by_runs` (`tree` itself
+    without a mesh). As `replicate`, every process passes the same values."""
+    return tree if mesh is None else _place(tree, by_runs(mesh))
 
 
 def shard_batch(x_B: jax.Array, mesh: Mesh | None) -> jax.Array:

@@ -4,6 +4,10 @@ The single run is checked against literal references elsewhere (`test_rso.py`,
 `test_evaluators.py`); here each run of a K-run program is compared with that single run."""
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -125,3 +129,51 @@ def test_refusals_name_the_argument():
 
     with pytest.raises(ValueError, match="evaluator: OneRunOnly has no prepare_runs"):
         rsojax.RSO(OneRunOnly(), LAYERS[:1], rso.config).init_runs(stacked(params), keys(), data)
+
+
+# Runs in a fresh Python with 4 CPU devices: 4 runs on a ('runs', 'data') mesh of 2 x 2 and on
+# one device; prints the largest parameter difference and what the compiled sweep holds.
+MESH_WORKER = r"""
+import json, sys
+import jax
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp
+import numpy as np
+import rsojax
+from rsojax import sharding
+from rsojax.models import ConvBlock, PoolHead
+
+model = rsojax.Sequential(stages=(ConvBlock(2), ConvBlock(2, pool=True, relu_in=True), PoolHead(10)), input_shape=(6, 6, 1))
+kx, ky = jax.random.split(jax.random.key(0))
+x, y = jax.random.normal(kx, (48, 6, 6, 1), jnp.float64), jax.random.randint(ky, (48,), 0, 10)
+seeds = (1, 2, 3, 4)
+params = jax.tree.map(lambda *a: jnp.stack(a).astype(jnp.float64),
+                      *[model.init(jax.random.key(s), x[:2], train=True)["params"] for s in seeds])
+keys = jnp.stack([jax.random.key(s) for s in seeds])
+out = {}
+for name, mesh in (("one", None), ("mesh", sharding.make_mesh(4, runs=2))):
+    layers = ["stages_2/Dense_0/kernel", "stages_1/Conv_0/kernel"]
+    rso = rsojax.RSO(rsojax.EVALUATORS[sys.argv[1]](model), layers, rsojax.RSOConfig(batch_size=16), mesh=mesh)
+    state = rso.init_runs(params, keys, (x, y), {"sigma_scale": (1.0, 0.5, 2.0, 1.5)})
+    state, _ = rso.cycle(state, (x, y), chunk_size=12)
+    out[name] = [np.asarray(a) for a in jax.tree.leaves(state.params)]
+    if mesh is not None:
+        path = "stages_1/Conv_0/kernel"
+        hlo = rso.lower(state, rso.prepare(state, (x, y), path), path).compile().as_text()
+        out["runs_per_device"] = sorted({a.sharding.shard_shape(a.shape)[0] for a in jax.tree.leaves(state.params)})
+        out["batch_per_device"] = "s32[2,8]" in hlo  # the batch's indices: 2 runs x half of 16
+diff = max(float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300))) for a, b in zip(out["one"], out["mesh"]))
+print(json.dumps({"diff": diff, "runs_per_device": out["runs_per_device"], "batch_per_device": out["batch_per_device"]}))
+"""
+
+
+def test_runs_spread_over_a_runs_mesh_axis_decide_as_on_one_device():
+    """4 runs over 2 groups of 2 devices: each device holds 2 runs and half of each batch,
+    and every run ends where it ends on one device (up to rounding)."""
+    env = os.environ | {"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"}
+    out = subprocess.run([sys.executable, "-c", MESH_WORKER, "incremental"], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["runs_per_device"] == [2]
+    assert result["batch_per_device"]
+    assert result["diff"] < 1e-12
