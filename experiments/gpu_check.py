@@ -24,7 +24,8 @@ others still run:
 
 --bench_convs runs each benchmark with each convolution backend (`benchmark.py --conv`);
 --bench_cifar10_batch_sizes adds CIFAR-10 benchmarks (`benchmark.py --model cifar10`, all
-50,000 training images) at those batch sizes. docs/gpu-kernel.md has the kernel's device call.
+50,000 training images) at those batch sizes. --bench_runs K,... times K runs advanced together
+in one program (`benchmark.py --runs K`) for each K; docs/many-runs.md has its device call. docs/gpu-kernel.md has the kernel's device call.
 
 --parts picks the parts (their budget shares are renormalised). --baseline DIR runs each
 benchmark of --baseline_modes once more from another checkout (an earlier commit unpacked
@@ -64,13 +65,13 @@ FULL = {
     "train_subset": 0, "batch_size": 5000, "channels": 16, "max_cycles": 0, "sgd_batch_size": 128, "max_epochs": 0,
     "agreement_weights": 256, "bench_modes": "incremental,cached", "bench_batch_sizes": "5000,512",
     "bench_precisions": "float32,default", "bench_train_size": 60000, "bench_weights": 36, "bench_convs": "xla",
-    "bench_cifar10_batch_sizes": "",
+    "bench_cifar10_batch_sizes": "", "bench_runs": "1",
 }
 TINY = {
     "train_subset": 512, "batch_size": 64, "channels": 2, "max_cycles": 2, "sgd_batch_size": 64, "max_epochs": 2,
     "agreement_weights": 16, "bench_modes": "cached", "bench_batch_sizes": "32",
     "bench_precisions": "float32", "bench_train_size": 256, "bench_weights": 1, "bench_convs": "xla",
-    "bench_cifar10_batch_sizes": "",
+    "bench_cifar10_batch_sizes": "", "bench_runs": "1",
 }
 
 
@@ -194,13 +195,16 @@ def benchmark_plan(a) -> list[tuple[str, str, str, list[str]]]:
         for mode in a.bench_modes.split(","):
             for precision in a.bench_precisions.split(","):
                 for conv in a.bench_convs.split(","):
-                    args = ["--mode", mode, "--batch_size", str(batch), "--precision", precision, *model_args]
-                    name = f"{model}{mode}_{batch}_{precision}"
-                    if conv != "xla":
-                        args, name = [*args, "--conv", conv], f"{name}_{conv}"
-                    plan.append((name, "this", ROOT, args))
-                    if a.baseline and conv == "xla" and mode in a.baseline_modes.split(","):
-                        plan.append((f"baseline_{name}", "baseline", os.path.abspath(a.baseline), args))
+                    for runs in map(int, a.bench_runs.split(",")):
+                        args = ["--mode", mode, "--batch_size", str(batch), "--precision", precision, *model_args]
+                        name = f"{model}{mode}_{batch}_{precision}"
+                        if conv != "xla":
+                            args, name = [*args, "--conv", conv], f"{name}_{conv}"
+                        if runs != 1:
+                            args, name = [*args, "--runs", str(runs)], f"{name}_runs{runs}"
+                        plan.append((name, "this", ROOT, args))
+                        if a.baseline and conv == "xla" and runs == 1 and mode in a.baseline_modes.split(","):
+                            plan.append((f"baseline_{name}", "baseline", os.path.abspath(a.baseline), args))
     return plan
 
 
@@ -414,16 +418,17 @@ def benchmark_markdown(bench: dict, commit: str, baseline: str | None) -> list[s
     for run in bench.get("runs", []):
         r = run.get("result")
         if r is None:
-            rows.append([run["name"], "", "", "", "", run["status"], "", "", "", ""])
+            rows.append([run["name"], "", "", "", "", "", run["status"], "", "", "", "", ""])
             continue
         conv2 = next(x for x in r["per_layer"] if x["layer"] == AGREEMENT_LAYER)
         checkout = commit if run.get("checkout", "this") == "this" else baseline
         mode = r["mode"] if r.get("model", "mnist") == "mnist" else f"{r['mode']} ({r['model']})"  # a baseline may predate the key
-        rows.append([mode, r["batch_size"], r["precision"], r.get("conv", "xla"), checkout, f"{r['cycle_seconds']:.2f}",
-                     f"{1000 / conv2['weights_per_s']:.3f}", f"{r['weights_per_s']:.0f}", f"{r['achieved_gflops']:.0f}",
-                     f"{r['compile_seconds']:.0f}"])
-    table = markdown_table(["evaluator", "batch", "precision", "conv", "code", "cycle (s)", "conv 2 (ms/weight)", "weights/s",
-                            "GFLOP/s", "compile (s)"], rows) if rows else _status(bench)
+        runs = r.get("runs", 1)  # a baseline may predate the key
+        rows.append([mode, r["batch_size"], r["precision"], r.get("conv", "xla"), runs, checkout, f"{r['cycle_seconds']:.2f}",
+                     f"{r['cycle_seconds'] / runs:.2f}", f"{1000 / conv2['weights_per_s']:.3f}", f"{r['weights_per_s']:.0f}",
+                     f"{r['achieved_gflops']:.0f}", f"{r['compile_seconds']:.0f}"])
+    table = markdown_table(["evaluator", "batch", "precision", "conv", "runs", "code", "cycle (s)", "per run (s)",
+                            "conv 2 (ms/weight)", "weights/s", "GFLOP/s", "compile (s)"], rows) if rows else _status(bench)
     return ["### Seconds per cycle (`experiments/benchmark.py`)", "", table, ""]
 
 
