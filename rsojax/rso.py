@@ -610,8 +610,14 @@ class RSO:
         return order, dw, batch
 
     def weight_keep(self, state: RSOState):
-        """The factor 1 - weight_decay on a weight before its candidates: a Python float, or
-        the state's traced one where the runs differ in weight decay."""
+        """The factor 1 - weight_decay on a weight before its candidates.
+
+        Args:
+          state: the state (its `hypers`).
+
+        Returns:
+          A Python float, or the state's traced one where the runs differ in weight decay.
+        """
         return state.hypers.get("weight_keep", 1.0 - self.config.weight_decay)
 
     def _sweep_impl(self, state: RSOState, ctx, start, stop, *, path: str):
