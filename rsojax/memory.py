@@ -13,7 +13,7 @@ import os
 import jax
 import numpy as np
 
-from rsojax.rso import RSO, RSOState
+from rsojax.rso import RSO, RSOState, RunsContext
 
 
 def context_bytes(rso: RSO, state: RSOState, data) -> tuple[int, int]:
@@ -29,34 +29,34 @@ def context_bytes(rso: RSO, state: RSOState, data) -> tuple[int, int]:
       says so through `prepare_runs`) and those each run adds, for the layer where
       `shared + per_run` is largest.
     """
-    lead = () if state.runs is None else (1,)
-    one_run = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *a.shape[len(lead):]), a.dtype), state.params)
+    def abstract(runs: tuple):  # the parameters' shapes with `runs` as their leading axes
+        skip = 0 if state.runs is None else 1
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct((*runs, *a.shape[skip:]), a.dtype), state.params)
+
     evaluator, best = rso.evaluator, (0, 0)
     for path in rso.layers:
         if hasattr(evaluator, "prepare_runs"):
-            axes = []
+            axes = []  # the axes, known once the context is traced
 
             def prepare(params, path=path, axes=axes):
                 ctx, ctx_axes = evaluator.prepare_runs(params, path, data)
                 axes.append(ctx_axes)
                 return ctx
 
-            shapes = jax.eval_shape(prepare, one_run)
-            marks = jax.tree.map(
-                lambda ax, sub: jax.tree.map(lambda _: ax is not None, sub), axes[0], shapes, is_leaf=lambda a: a is None
-            )
-            sizes = [(_nbytes(a), batched) for a, batched in zip(jax.tree.leaves(shapes), jax.tree.leaves(marks))]
+            ctx = RunsContext.of(jax.eval_shape(prepare, abstract((1,))), axes[0])
+            shared, per_run = _sum_bytes(ctx.shared), _sum_bytes(ctx.batched)
         else:
-            shapes = jax.eval_shape(lambda p, path=path: evaluator.prepare(p, path, data), jax.tree.map(lambda a: a[0], one_run))
-            sizes = [(_nbytes(a), True) for a in jax.tree.leaves(shapes)]
-        shared = sum(n for n, batched in sizes if not batched)
-        per_run = sum(n for n, batched in sizes if batched)
+            shared, per_run = 0, _sum_bytes(jax.eval_shape(lambda p, path=path: evaluator.prepare(p, path, data), abstract(())))
         best = max(best, (shared, per_run), key=sum)
     return best
 
 
 def _nbytes(a) -> int:
     return int(np.prod(a.shape, dtype=np.int64)) * np.dtype(a.dtype).itemsize
+
+
+def _sum_bytes(tree) -> int:
+    return sum(_nbytes(a) for a in jax.tree.leaves(tree))
 
 
 def available_bytes(device=None) -> int | None:
@@ -99,7 +99,7 @@ def check_fits(rso: RSO, state: RSOState, data, what: str = "runs") -> None:
         return
     runs = state.runs or 1
     shared, per_run = context_bytes(rso, state, data)
-    data_bytes = sum(_nbytes(a) for a in data)
+    data_bytes = _sum_bytes(data)
     need = data_bytes + shared + runs * per_run
     if need > available:
         fit = max(int((available - data_bytes - shared) // max(per_run, 1)), 0)

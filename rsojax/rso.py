@@ -45,8 +45,8 @@ from rsojax.parallel import GRANULARITIES, parallel_sweep
 from rsojax.perturbation import PERTURBATIONS, draw_dw
 from rsojax.precision import PRECISIONS, check_precision, precision_scope
 from rsojax.sampling import batch_at, block_permutation
-from rsojax.sharding import RUNS, by_runs, check_batch, place_runs, replicate, replicated, run_groups, shard_batch
 from rsojax.schedule import anneal, layer_sigma
+from rsojax.sharding import RUNS, by_runs, check_batch, place_runs, replicate, replicated, run_groups, shard_batch
 
 
 def setting(default=None, help: str = "", choices=None, flag: str | None = "", factory=None):
