@@ -111,7 +111,8 @@ class RSOConfig:
         check_precision(self.precision)
 
 
-@flax.struct.dataclass
+@jax.tree_util.register_pytree_with_keys_class
+@dataclasses.dataclass(frozen=True)
 class RSOState:
     """Everything RSO needs to continue: a pytree, so it jits, saves and restores as one.
 
@@ -125,7 +126,8 @@ class RSOState:
       hypers: the hyperparameters that differ between runs and are not in `sigmas`
         (`RSO.init_runs`), as the constants the compiled program uses: "anneal_floor" and
         "anneal_rest" (1 - anneal_floor), "weight_keep" (1 - weight_decay), each rounded from
-        its exact value. Empty where `RSO.config` gives them.
+        its exact value. Empty where `RSO.config` gives them, and then not part of the pytree,
+        so that a single run's state has the structure its checkpoints have always had.
 
     With several runs (`RSO.init_runs`) every leaf has a leading run axis.
     """
@@ -135,13 +137,50 @@ class RSOState:
     key: jax.Array
     data_key: jax.Array
     cycle: jax.Array
-    n_examples: int = flax.struct.field(pytree_node=False, default=0)
-    hypers: dict = flax.struct.field(default_factory=dict)
+    n_examples: int = 0
+    hypers: dict = dataclasses.field(default_factory=dict)
+
+    _NODES = ("params", "sigmas", "key", "data_key", "cycle")
 
     @property
     def runs(self) -> int | None:
         """The number of runs the state holds on its leading axis; None for a single run."""
         return None if jnp.ndim(self.cycle) == 0 else int(jnp.shape(self.cycle)[0])
+
+    def replace(self, **changes) -> "RSOState":
+        """The state with some fields changed.
+
+        Args:
+          **changes: field name -> its new value.
+
+        Returns:
+          A new state.
+        """
+        return dataclasses.replace(self, **changes)
+
+    def tree_flatten_with_keys(self):
+        """The pytree's children with their keys, and what is static.
+
+        Returns:
+          `([(GetAttrKey(name), value), ...], (n_examples, whether hypers is a child))`.
+        """
+        nodes = self._NODES + (("hypers",) if self.hypers else ())
+        return [(jax.tree_util.GetAttrKey(n), getattr(self, n)) for n in nodes], (self.n_examples, bool(self.hypers))
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        """The state from `tree_flatten_with_keys`' static part and children.
+
+        Args:
+          aux: `(n_examples, whether hypers is a child)`.
+          children: the children's values, in order.
+
+        Returns:
+          The state.
+        """
+        n_examples, has_hypers = aux
+        fields = dict(zip(cls._NODES + (("hypers",) if has_hypers else ()), children))
+        return cls(**fields, n_examples=n_examples)
 
 
 # The hyperparameters that may differ between the runs of one program (`RSO.init_runs`); the

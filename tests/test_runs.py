@@ -109,6 +109,19 @@ def test_incremental_folds_in_a_branch_for_every_run():
     assert "stablehlo.case" in hlo or "stablehlo.if" in hlo
 
 
+def test_a_single_runs_state_keeps_the_structure_of_its_checkpoints():
+    """A run's checkpoint restores into a template of the same tree structure: the traced
+    hyperparameters are part of the tree only where runs differ in them."""
+    model, data, params = problem()
+    rso = rsojax.RSO(rsojax.Cached(model), LAYERS[:1], rsojax.RSOConfig(batch_size=16))
+
+    def children(state):
+        return [path[0].name for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+
+    assert set(children(rso.init(params[0], jax.random.key(0), data))) == {"params", "sigmas", "key", "data_key", "cycle"}
+    assert "hypers" in children(rso.init_runs(stacked(params), keys(), data, {"weight_decay": (0.0, 1e-3)}))
+
+
 def test_refusals_name_the_argument():
     model, data, params = problem()
     rso = rsojax.RSO(rsojax.Cached(model), LAYERS[:1], rsojax.RSOConfig(batch_size=16))

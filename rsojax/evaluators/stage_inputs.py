@@ -122,7 +122,9 @@ def _distinct_arrays(model: Sequential, params, x, stages: int, cache_batch: int
 
 
 @functools.partial(jax.jit, static_argnames=("model", "stages", "cache_batch", "stats_images", "runs"))
-def _distinct_stage_inputs(model: Sequential, params, x, stages: int, cache_batch: int, stats_images: int, runs: bool) -> list:
+def _distinct_stage_inputs(
+    model: Sequential, params, x, stages: int, cache_batch: int, stats_images: int, runs: bool = False
+) -> list:
     if not runs:
         return _distinct_arrays(model, params, x, stages, cache_batch, stats_images, 0)
     # The training set (array 0) is every run's: stored once, the rest once per run.
