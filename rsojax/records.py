@@ -150,6 +150,15 @@ def summarize_runs(records: Iterable[dict]) -> dict:
     return summary
 
 
+def runs_by_sweep(records: Iterable[dict], name: str = "") -> dict[str, list[list[dict]]]:
+    """Several runs' records grouped for `rsojax.plots.plot_runs`: label -> the runs (each its
+    records) of one swept value; the label is `name` and the value ("RSO sigma_scale=0.5")."""
+    groups: dict = {}
+    for run in by_run(records).values():
+        groups.setdefault(f"{name} {sweep_label(swept(run[0]))}".strip(), []).append(run)
+    return groups
+
+
 def sweep_label(values: dict) -> str:
     """"sigma_scale=0.5" for a run's swept values (`swept`); "" where nothing is swept."""
     return ", ".join(f"{name}={value:g}" for name, value in values.items())

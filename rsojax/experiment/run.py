@@ -23,7 +23,7 @@ from rsojax.experiment.config import FIRST_RUN, TASKS, ExperimentConfig, UsageEr
 from rsojax.experiment.flags import flagged
 from rsojax.experiment.preemption import Preempted, StopSignals
 from rsojax.experiment.workdir import WorkdirLock, WriteError, writing
-from rsojax.records import append_record, spread, summarize_runs, write_json, write_records
+from rsojax.records import append_record, runs_by_sweep, spread, summarize_runs, write_json, write_records
 from rsojax.tensorboard import check_installed, event_files
 from rsojax.train import (
     SGDRun,
@@ -324,7 +324,7 @@ def _finish(config: ExperimentConfig, mesh, step: Step, records: list, checkpoin
         if config.runs is None:
             plot_curves({name: records}, curves, title=f"{TASKS[config.task].title}, {name}")
         else:
-            plot_runs(records, curves, title=f"{TASKS[config.task].title}, {name}, {len(config.runs)} runs")
+            plot_runs(runs_by_sweep(records), curves, title=f"{TASKS[config.task].title}, {name}, {len(config.runs)} runs")
     with writing(summary_path):
         write_json(summary_path, summary)
     if not finished_saved:
