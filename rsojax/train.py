@@ -213,7 +213,7 @@ def start_rso_runs(rso: RSO, model: Sequential, data: Dataset, runs: Sequence[di
       ValueError: as `RSO.init_runs`.
     """
     params = [init_params(model, r["init_seed"]) for r in runs]
-    params = jax.tree.map(lambda *a: jnp.stack(a), *params)
+    params = jax.tree.map(lambda *a: jnp.asarray(np.stack(a)), *params)  # stacked on the host: nothing to compile
     keys = jnp.stack([jax.random.key(r["seed"]) for r in runs])
     sweep = {name: [r[name] for r in runs] for name in SWEEPABLE if name in runs[0]}
     state = rso.init_runs(params, keys, (data.x_train, data.y_train), sweep)
@@ -290,10 +290,11 @@ def run_rso(
             if pos < n:
                 yield Step(RSORun(state, jnp.int32(layer), jnp.int32(pos), metrics), updates, wall_time)
         if n_runs is None:
-            record = _sweep_record(rso, model, data, state, metrics, layer, updates, wall_time)
-        else:
+            record = _sweep_record(rso, model, data, state.params, state.cycle, metrics, layer, updates, wall_time)
+        else:  # each run's parameters and metrics, taken apart on the host (indexing on the device compiles)
+            params, cycle, metrics_R = jax.device_get((state.params, state.cycle, metrics))
             record = [
-                labels | _sweep_record(rso, model, data, *_of_run(k, state, metrics), layer, updates, wall_time)
+                labels | _sweep_record(rso, model, data, *_run(k, params, cycle, metrics_R), layer, updates, wall_time)
                 for k, labels in enumerate(runs)
             ]
         if layer + 1 == len(rso.layers):
@@ -307,15 +308,15 @@ def _cycle(state: RSOState) -> int:
     return int(state.cycle) if state.runs is None else int(state.cycle[0])
 
 
-def _of_run(k: int, state: RSOState, metrics: SweepMetrics) -> tuple[RSOState, SweepMetrics]:
-    """Run k's state and metrics out of those of several runs."""
-    return jax.tree.map(lambda a: a[k], (state, metrics))
+def _run(k: int, *trees):
+    """Run k's part of pytrees with a leading run axis."""
+    return jax.tree.map(lambda a: a[k], trees)
 
 
-def _sweep_record(rso, model, data, state, m: SweepMetrics, layer, updates, wall_time) -> dict:
+def _sweep_record(rso, model, data, params, cycle, m: SweepMetrics, layer, updates, wall_time) -> dict:
     finite = max(int(m.weights) - int(m.nonfinite), 1)
     per_example = finite * rso.config.batch_size
-    cycle = int(state.cycle)
+    cycle = int(cycle)
     return {
         "cycle": cycle,
         "progress": cycle + (layer + 1) / len(rso.layers),
@@ -325,7 +326,7 @@ def _sweep_record(rso, model, data, state, m: SweepMetrics, layer, updates, wall
         "nonfinite": int(m.nonfinite),
         "batch_loss_before": float(m.loss_before) / per_example,
         "batch_loss_after": float(m.loss_after) / per_example,
-        "test_accuracy": accuracy(model, state.params, data.x_train, data.x_test, data.y_test, precision=rso.config.precision),
+        "test_accuracy": accuracy(model, params, data.x_train, data.x_test, data.y_test, precision=rso.config.precision),
         "weight_updates": updates,
         "wall_time_s": wall_time,
     }

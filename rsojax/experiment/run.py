@@ -298,7 +298,7 @@ def _finish(config: ExperimentConfig, mesh, step: Step, records: list, checkpoin
             "best_test_accuracy": max(r["test_accuracy"] for r in records),
         }
     else:
-        result = summarize_runs(records)
+        result, params = summarize_runs(records), jax.device_get(params)  # runs taken apart on the host
         for run in result["runs"]:
             run["params_sha256"] = params_sha256(jax.tree.map(lambda a, k=run["run"]: a[k], params))
     summary = {
