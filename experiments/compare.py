@@ -20,7 +20,6 @@ import sys
 
 from rsojax import experiment
 from rsojax.plots import plot_curves, plot_runs
-from rsojax.experiment.config import parse_seeds
 from rsojax.records import RESULT_COLUMNS, markdown_table, read_records, result_rows, runs_by_sweep
 
 

@@ -132,7 +132,7 @@ def summarize_runs(records: Iterable[dict]) -> dict:
       indices and the same spreads over them.
     """
     runs = []
-    for k, rs in by_run(records).items():
+    for rs in by_run(records).values():
         labels = {key: rs[-1][key] for key in ("run", "seed", "init_seed") if key in rs[-1]} | swept(rs[-1])
         runs.append(labels | {"test_accuracy": rs[-1]["test_accuracy"],
                               "best_test_accuracy": max(r["test_accuracy"] for r in rs)})

@@ -27,9 +27,10 @@ from rsojax import experiment
 from rsojax.checkpoint import Checkpointer
 from rsojax.data import Dataset
 from rsojax.experiment import ExperimentConfig
-from rsojax.records import by_run, load, read_records
+from rsojax.experiment import workdir as workdirs
+from rsojax.records import by_run, load, read_records, result_rows
 from rsojax.rso import RSO
-from rsojax.train import params_sha256, run_labels, run_rso, start_rso_runs
+from rsojax.train import params_sha256, run_rso, start_rso_runs
 
 # 1 cycle of the tests' tiny network (TINY: 64 images, 2 channels, kernels only) in chunks of 16
 # weights, batch 16; seeds and init seeds differ between the runs, as sigma_scale does.
@@ -61,7 +62,7 @@ def test_run_k_takes_the_decisions_of_the_single_run_with_its_seeds_and_swept_va
     a chunk boundary ends as the uninterrupted one."""
     init = rsojax.train.init_params
     monkeypatch.setattr(rsojax.train, "init_params", lambda model, seed: jax.tree.map(lambda a: a.astype(jnp.float64), init(model, seed)))
-    kx, ky, kw = jax.random.split(jax.random.key(0), 3)
+    kx, kw = jax.random.split(jax.random.key(0))
     x = jax.random.normal(kx, (120, 5), jnp.float64)
     y = jnp.argmax(x @ jax.random.normal(kw, (5, 10), jnp.float64), axis=1).astype(jnp.int32)
     data, model = Dataset(x[:80], y[:80], x[80:], y[80:]), rsojax.mlp(hidden=(4,), input_shape=(5,))
@@ -83,19 +84,51 @@ def test_run_k_takes_the_decisions_of_the_single_run_with_its_seeds_and_swept_va
     for k, label in enumerate(labels):
         alone_rso = rsojax.rso_trainer(model, dataclasses.replace(config, weight_decay=label["weight_decay"]))
         alone = list(run_rso(alone_rso, model, data, chunk_size=16, seed=label["seed"], init_seed=label["init_seed"]))
-        run_k = jax.tree.map(lambda a: a[k], steps[-1].run.state.params)
+        run_k = jax.tree.map(lambda a, k=k: a[k], steps[-1].run.state.params)
         assert params_sha256(run_k) == params_sha256(alone[-1].run.state.params)
         alone_records = [s.record for s in alone if s.record]
         assert len(by_run(records)[k]) == len(alone_records)
         for ours, theirs in zip(by_run(records)[k], alone_records):
             same(ours, theirs, k)
-    assert len({params_sha256(jax.tree.map(lambda a: a[k], steps[-1].run.state.params)) for k in range(2)}) == 2
+    assert len({params_sha256(jax.tree.map(lambda a, k=k: a[k], steps[-1].run.state.params)) for k in range(2)}) == 2
 
     middle = next(i for i, s in enumerate(steps) if s.record is None and int(s.run.weight) > 0 and int(s.run.layer) > 0)
     resumed = list(run_rso(rso, model, data, steps[middle], chunk_size=16, runs=labels))
     assert params_sha256(resumed[-1].run.state.params) == params_sha256(steps[-1].run.state.params)
     later = [r for s in steps[middle + 1 :] if s.record for r in s.record]
     assert [{**r, "wall_time_s": 0} for s in resumed if s.record for r in s.record] == [{**r, "wall_time_s": 0} for r in later]
+
+
+def test_table_rows_give_each_swept_value_mean_and_std_over_its_runs():
+    """The rows of compare.py, ablations.py and peer.py: a method's runs per swept value, the
+    accuracies as mean ± sample standard deviation of each run's final and best."""
+    accuracies = {0: [0.1, 0.3], 1: [0.2, 0.2], 2: [0.5, 0.4], 3: [0.6, 0.9]}  # run -> per record
+    records = [{**LABELS[k], "test_accuracy": accuracies[k][i], "weight_updates": 10 * (i + 1), "wall_time_s": 3.0 + i}
+               for i in range(2) for k in range(4)]
+    assert result_rows("RSO", records) == [
+        ["RSO sigma_scale=0.5", "25.00 ± 7.07", "25.00 ± 7.07", "20", "4"],   # finals 0.3, 0.2; bests 0.3, 0.2
+        ["RSO sigma_scale=2", "65.00 ± 35.36", "70.00 ± 28.28", "20", "4"],   # finals 0.4, 0.9; bests 0.5, 0.9
+    ]
+    single = [{"test_accuracy": 0.25, "weight_updates": 5, "wall_time_s": 1.0}, {"test_accuracy": 0.2, "weight_updates": 9, "wall_time_s": 2.0}]
+    assert result_rows("SGD", single) == [["SGD", "20.00", "25.00", "9", "2"]]
+
+
+def test_a_single_run_saved_without_the_runs_settings_resumes_and_a_k_run_is_another_run(tmp_path):
+    """A workdir whose config.json predates `seeds`, `init_seeds` and `sweep` holds a single run:
+    the same single run resumes in it; runs asked for there are another configuration."""
+    saved = json.loads(json.dumps(dataclasses.asdict(ExperimentConfig())))
+    for name in ("seeds", "init_seeds", "sweep"):
+        del saved[name]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    lock = experiment.WorkdirLock(str(tmp_path))
+    try:
+        workdirs.check(str(tmp_path), ExperimentConfig(), lock)
+        with pytest.raises(experiment.UsageError, match=r"seeds: None -> \[0, 1\]"):
+            workdirs.check(str(tmp_path), ExperimentConfig(seeds=(0, 1)), lock)
+        with pytest.raises(experiment.UsageError, match=r"sweep.sigma_scale: None -> \[0.5, 2.0\]"):
+            workdirs.check(str(tmp_path), ExperimentConfig(sweep={"sigma_scale": (0.5, 2)}), lock)
+    finally:
+        lock.release()
 
 
 def run_cli(name, argv) -> tuple[int, str]:

@@ -243,6 +243,8 @@ class ExperimentConfig:
                     dataclasses.replace(self.rso, **{name: value})
                 except ValueError as e:
                     raise ValueError(f"sweep: {e}") from None
+        # Numbers as floats, as the command line gives them: 2 and 2.0 are one configuration.
+        object.__setattr__(self, "sweep", {name: tuple(map(float, values)) for name, values in self.sweep.items()})
         if self.runs is None:
             return
         if self.optimizer == "sgd":
