@@ -258,6 +258,9 @@ def run_rso(
         instead of `seed` and `init_seed`), and what their records carry; with a `start` of
         several runs and no `runs`, the records carry the run's index only.
 
+    Raises:
+      ValueError: `runs` does not match the runs of `start`.
+
     Yields:
       A `Step` after every chunk; the step that ends a layer sweep carries its record (cycle,
       layer, counts, mean batch losses, test accuracy, weight updates, training time), or one
@@ -269,6 +272,8 @@ def run_rso(
         start = start_rso(rso, model, data, seed, init_seed) if runs is None else start_rso_runs(rso, model, data, runs)
     run, updates, wall_time = replicate(start.run, rso.mesh), start.weight_updates, start.wall_time_s
     n_runs = run.state.runs
+    if n_runs is None and runs is not None:
+        raise ValueError("runs: start holds a single run; start several with start_rso_runs")
     if n_runs is not None and runs is None:
         runs = [{"run": k} for k in range(n_runs)]
     if n_runs is not None and len(runs) != n_runs:

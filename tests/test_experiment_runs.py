@@ -272,6 +272,10 @@ def test_k_run_stopped_by_sigterm_resumes_to_every_runs_result(compared_runs, mn
                     for w in (str(tmp_path), os.path.join(compared_runs, "rso"))]
     assert without_time[0] == without_time[1]
 
+    status, err = run_cli("mnist", argv)  # finished: says so with the spread, trains nothing
+    final = ours["across_runs"]["test_accuracy"]
+    assert status == 0 and f"has finished already: 4 runs: test accuracy {final['mean']:.4f} ± {final['std']:.4f}" in err
+
 
 @pytest.mark.parametrize(
     "args, message",
