@@ -6,7 +6,9 @@
 Trains each variant with `rsojax.experiment.train_and_evaluate` into WORKDIR/<variant>, then
 writes WORKDIR/ablations.md (final and best test accuracy, weight updates, training time) and
 WORKDIR/ablations.png (accuracy against cycles, weight updates and wall time). Flags it does
-not know go to every run (for example --kernels_only, --seed 73 or --data FILE.npz).
+not know go to every run (for example --kernels_only, --seed 73 or --data FILE.npz); with
+--seeds 0-3 (or --sweep) each variant trains its runs in one program, and the table gives the
+accuracies as mean ± standard deviation over them (a row per swept value; docs/many-runs.md).
 """
 
 import argparse
@@ -14,8 +16,8 @@ import os
 import sys
 
 from rsojax import experiment
-from rsojax.plots import plot_curves
-from rsojax.records import RESULT_COLUMNS, markdown_table, read_records, result_cells
+from rsojax.plots import plot_curves, plot_runs
+from rsojax.records import RESULT_COLUMNS, markdown_table, read_records, result_rows, runs_by_sweep
 
 # variant -> the flags that select it; "normal" is the reference code's RSO.
 VARIANTS = {
@@ -55,12 +57,19 @@ def main(argv=None) -> dict:
         f"MNIST, RSO variants: {args.cycles} cycle(s), batch {args.batch_size} per weight, first "
         f"{args.train_subset or 60000} training images, {args.channels} channels, {args.evaluator} evaluator, full test set."
     )
-    rows = [[name, *result_cells(records)] for name, (_, records) in results.items()]
+    rows = [row for name, (_, records) in results.items() for row in result_rows(name, records)]
+    several = config.runs is not None
+    if several:
+        caption += f" Accuracies: mean ± standard deviation over each variant's {len(config.runs)} runs (or per swept value)."
     text = markdown_table(["variant", *RESULT_COLUMNS], rows, caption)
     with open(os.path.join(args.workdir, "ablations.md"), "w") as f:
         f.write(text + "\n")
-    plot_curves({name: records for name, (_, records) in results.items()}, os.path.join(args.workdir, "ablations.png"),
-                title="MNIST: RSO variants")
+    path = os.path.join(args.workdir, "ablations.png")
+    if several:
+        groups = {label: runs for name, (_, records) in results.items() for label, runs in runs_by_sweep(records, name).items()}
+        plot_runs(groups, path, title="MNIST: RSO variants")
+    else:
+        plot_curves({name: records for name, (_, records) in results.items()}, path, title="MNIST: RSO variants")
     print(text)
     return results
 

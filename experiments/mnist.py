@@ -13,6 +13,12 @@ Writes WORKDIR/config.json, metrics.jsonl (a record per RSO layer sweep or SGD e
 checkpoints/, then summary.json and curves.png. Rerunning the same command resumes where the
 run stopped and ends exactly as an uninterrupted run would; a finished run prints its result.
 
+--seeds 0-7 trains 8 RSO runs (one per sampling seed) in one program and one workdir;
+--sweep sigma_scale=0.5,1,2 runs each value with every seed (docs/many-runs.md):
+
+    python experiments/mnist.py --cycles 1 --batch_size 512 --train_subset 10000 \\
+        --sweep sigma_scale=0.5,1,2 --seeds 0-3 --workdir runs/sigma
+
 Each minibatch is split over --devices devices (default: all). With --distributed, one process
 per host joins a multi-process run and only process 0 writes:
 

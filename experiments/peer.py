@@ -9,6 +9,10 @@ each ES the same number (generations of --population x --es_batch_size images) o
 network, data and initial parameters, and writes WORKDIR/peer.md (a table) and WORKDIR/peer.png
 (accuracy against images forwarded and wall time). Flags it does not know go to the RSO run
 and choose the data (for example --data FILE.npz). Needs `pip install 'rsojax[peer]'`.
+
+With --seeds (and --init_seeds), RSO trains one run per seed in one program and each ES one
+run per seed after another (WORKDIR/<strategy>.jsonl holds them all, each record with its
+run's labels); the table gives the accuracies as mean ± standard deviation over the seeds.
 """
 
 import argparse
@@ -17,8 +21,8 @@ import sys
 
 from rsojax import experiment
 from rsojax.peer import run_es
-from rsojax.plots import plot_curves
-from rsojax.records import RESULT_COLUMNS, markdown_table, read_records, result_cells, write_records
+from rsojax.plots import plot_curves, plot_runs
+from rsojax.records import RESULT_COLUMNS, markdown_table, read_records, result_rows, runs_by_sweep, write_records
 
 
 def main(argv=None) -> dict:
@@ -44,30 +48,48 @@ def main(argv=None) -> dict:
     rso = [dict(r, images_forwarded=3 * args.rso_batch_size * r["weight_updates"]) for r in read_records(rso_dir)]
     budget = rso[-1]["images_forwarded"]
     runs = {"RSO": rso}
-    rows = [["RSO", f"batch {args.rso_batch_size}, {args.cycles} cycle(s)", *result_cells(rso, "images_forwarded")]]
+    rows = [[name, f"batch {args.rso_batch_size}, {args.cycles} cycle(s)", *cells]
+            for name, *cells in result_rows("RSO", rso, "images_forwarded")]
 
     data, model = experiment.load_data(config), experiment.build_model(config)
+    # One ES run per seed (and its init seed), as RSO's runs, with their labels.
+    seeds = [{"seed": config.seed, "init_seed": config.init_seed}]
+    if config.seeds:
+        init_seeds = config.init_seeds or (config.init_seed,) * len(config.seeds)
+        seeds = [{"run": k, "seed": s, "init_seed": i} for k, (s, i) in enumerate(zip(config.seeds, init_seeds))]
     for name in args.strategies.split(","):
         lr = args.open_es_learning_rate if name == "open_es" else args.snes_learning_rate
-        records = [step.record for step in run_es(
-            model, data, strategy=name, population_size=args.population, batch_size=args.es_batch_size, images=budget,
-            sigma=args.sigma, learning_rate=lr, seed=config.seed, init_seed=config.init_seed,
-        )]
+        records = []
+        for labels in seeds:
+            before = records[-1]["wall_time_s"] if records else 0.0  # a record's time counts the runs before it
+            records += [labels | step.record | {"wall_time_s": before + step.record["wall_time_s"]} for step in run_es(
+                model, data, strategy=name, population_size=args.population, batch_size=args.es_batch_size, images=budget,
+                sigma=args.sigma, learning_rate=lr, seed=labels["seed"], init_seed=labels["init_seed"],
+            )]
+        if not config.seeds:
+            records = [{k: v for k, v in r.items() if k not in ("seed", "init_seed")} for r in records]
         write_records(os.path.join(args.workdir, f"{name}.jsonl"), records)
         runs[name] = records
         setting = f"pop. {args.population}, batch {args.es_batch_size}, sigma {args.sigma}, lr {lr}, {records[-1]['generation']} gen."
-        rows.append([name, setting, *result_cells(records, "images_forwarded")])
+        rows += [[row[0], setting, *row[1:]] for row in result_rows(name, records, "images_forwarded")]
 
     caption = (
         f"MNIST, {args.channels}-channel network, first {args.train_subset or 60000} training images, full test set; "
         f"every method forwards at most {budget:,} images."
     )
+    if config.runs is not None:
+        caption += " Accuracies: mean ± standard deviation over the runs (RSO: per swept value)."
     header = ["method", "setting", *RESULT_COLUMNS[:2], "images forwarded", RESULT_COLUMNS[3]]
     table = markdown_table(header, rows, caption)
     with open(os.path.join(args.workdir, "peer.md"), "w") as f:
         f.write(table + "\n")
     panels = (("images_forwarded", "images forwarded", "log"), ("wall_time_s", "wall time (s)", "linear"))
-    plot_curves(runs, os.path.join(args.workdir, "peer.png"), title="MNIST: RSO vs evolution strategies", panels=panels)
+    path, title = os.path.join(args.workdir, "peer.png"), "MNIST: RSO vs evolution strategies"
+    if config.runs is None:
+        plot_curves(runs, path, title=title, panels=panels)
+    else:
+        plot_runs({label: group for name, records in runs.items() for label, group in runs_by_sweep(records, name).items()},
+                  path, title=title, panels=panels)
     print(table)
     return runs
 

@@ -3,7 +3,8 @@
 Every number in a record becomes a point of the scalar series named by its key, at step
 `weight_updates`: RSO and SGD runs then share one x axis (as in `curves.png`), and
 `tensorboard --logdir WORKDIR` over experiments/compare.py's workdir overlays the two. Text
-values (an RSO record's `layer`) are left out.
+values (an RSO record's `layer`) are left out. Several runs advanced together write each run's
+records into its own subdirectory, `run_<k>`, which TensorBoard shows as runs to overlay.
 
 The files are written with tensorboardX, which needs only numpy and protobuf: the training
 process does not import TensorFlow for them (`clu.metric_writers` writes through
@@ -13,6 +14,7 @@ TensorBoard drops what the earlier files said, records past the checkpoint inclu
 """
 
 import numbers
+import os
 from collections.abc import Iterable
 
 STEP = "weight_updates"  # the record key that steps every series
@@ -72,15 +74,36 @@ class _NoEvents:
         pass
 
 
-def event_files(logdir: str | None, records: Iterable[dict] = ()) -> EventWriter | _NoEvents:
+class _PerRun:
+    """An `EventWriter` per run, in `logdir/run_<k>`; a record goes to its run's."""
+
+    def __init__(self, logdir: str, runs: int, records: Iterable[dict]):
+        records = list(records)
+        self._writers = [
+            EventWriter(os.path.join(logdir, f"run_{k}"), [r for r in records if r["run"] == k]) for k in range(runs)
+        ]
+
+    def write(self, record: dict) -> None:
+        self._writers[record["run"]].write(record)
+
+    def close(self) -> None:
+        for writer in self._writers:
+            writer.close()
+
+
+def event_files(logdir: str | None, records: Iterable[dict] = (), runs: int | None = None) -> EventWriter | _NoEvents:
     """An `EventWriter` into `logdir`; with `logdir=None`, one that writes nothing.
 
     Args:
       logdir: the directory of the event files, or None to write none.
       records: the records the run starts from (`EventWriter`).
+      runs: the number of runs advanced together, whose records carry their `run`: each run's
+        event files go into `logdir/run_<k>` (None: a single run, into `logdir`).
 
     Returns:
       The writer: `write(record)` after each record is added to `metrics.jsonl`, `close()` at
       the end of the run.
     """
-    return _NoEvents() if logdir is None else EventWriter(logdir, records)
+    if logdir is None:
+        return _NoEvents()
+    return EventWriter(logdir, records) if runs is None else _PerRun(logdir, runs, records)

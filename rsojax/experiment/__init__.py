@@ -17,6 +17,10 @@ anything, then trains, writing into the workdir:
 - `summary.json` and `curves.png` when the run ends;
 - `lock` while it runs: one run writes a workdir at a time (`workdir.WorkdirLock`).
 
+With `seeds`, `init_seeds` or `sweep` (`ExperimentConfig.runs`), the workdir holds several RSO
+runs advanced together in one program: a record per run per layer sweep, each with its run's
+labels; the summary gives each run and the spread across them; one checkpoint holds them all.
+
 Rerunning it with the same workdir resumes from the newest checkpoint that restores and ends
 exactly as an uninterrupted run would. SIGTERM, SIGUSR1 and Ctrl-C stop a run at the next
 chunk boundary after a checkpoint (`Preempted`); a write that fails stops it with a

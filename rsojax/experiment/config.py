@@ -14,8 +14,8 @@ from rsojax.conv_kernel import CONVS, check_conv, resolve_conv
 from rsojax.data import SOURCES, Dataset, load, load_npz
 from rsojax.evaluators import EVALUATORS
 from rsojax.models import GLOBAL_POOLS, cifar10_resnet, mnist_convnet
-from rsojax.rso import RSOConfig, setting
-from rsojax.train import CHUNK_SIZE, INIT_SEED, SEED
+from rsojax.rso import SWEEPABLE, RSOConfig, setting
+from rsojax.train import CHUNK_SIZE, INIT_SEED, SEED, run_labels
 
 
 class UsageError(Exception):
@@ -56,6 +56,47 @@ RESUMABLE = (
 """The settings that may change between a run and its resumption (paths, timings, the host's role)."""
 FIRST_RUN = "--cycles 1 --batch_size 512 --train_subset 10000"
 """A CPU-sized first run, for --help and the README (about 5 minutes for MNIST on 2 cores)."""
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """Seeds from the command line: "0-7" (a range, both ends included), "0,3,5", or both ("0-3,8").
+
+    Raises:
+      ValueError: not a list of seeds >= 0 and ranges, naming the seeds setting.
+    """
+    seeds = []
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        try:
+            first, last = int(low), int(high) if dash else int(low)
+        except ValueError:
+            raise ValueError(f"seeds: expected seeds such as 0-7 or 0,3,5, got {text!r}") from None
+        if last < first:
+            raise ValueError(f"seeds: the range {part.strip()} is empty; write it low-high")
+        seeds += range(first, last + 1)
+    return tuple(seeds)
+
+
+def parse_sweep(text: str) -> dict[str, tuple[float, ...]]:
+    """A sweep from the command line: "sigma_scale=0.5,1,2" -> {"sigma_scale": (0.5, 1.0, 2.0)}.
+
+    Raises:
+      ValueError: not NAME=VALUE,VALUE,..., naming the sweep setting.
+    """
+    name, eq, values = text.partition("=")
+    try:
+        parsed = tuple(float(v) for v in values.split(","))
+    except ValueError:
+        parsed = ()
+    if not eq or not name.strip() or not parsed:
+        raise ValueError(f"sweep: expected NAME=VALUE,VALUE,... (for example sigma_scale=0.5,1,2), got {text!r}")
+    return {name.strip(): parsed}
+
+
+def _runs_setting(default, help: str, parse: Callable[[str], object], metavar: str):
+    """A `setting` given on the command line as text that `parse` reads (`rsojax.experiment.flags`)."""
+    metadata = {**setting(help=help).metadata, "parse": parse, "metavar": metavar}
+    return dataclasses.field(default_factory=lambda: default, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +140,19 @@ class ExperimentConfig:
     )
     seed: int = setting(SEED, "sampling seed (minibatches and dw)")
     init_seed: int = setting(INIT_SEED, "parameter initialisation seed")
+    seeds: tuple[int, ...] = _runs_setting(
+        (), "several RSO runs, one per sampling seed, advanced together in one compiled program: 0-7 or 0,3,5 "
+        "(default: the one run of --seed); docs/many-runs.md", parse_seeds, "SEEDS",
+    )
+    init_seeds: tuple[int, ...] = _runs_setting(
+        (), "with --seeds: each run's initialisation seed, as many as --seeds (default: --init_seed for every run)",
+        parse_seeds, "SEEDS",
+    )
+    sweep: dict = _runs_setting(
+        {}, f"NAME=V1,V2,...: one run per value of NAME, one of {', '.join(SWEEPABLE)} (it replaces --NAME), "
+        "each with every seed: values x seeds runs in one program; settings that shape the program (batch size, "
+        "model, cycles, ...) are the same for all runs", parse_sweep, "NAME=VALUES",
+    )
     data_dir: str | None = setting(None, "TFDS data directory (default: $TFDS_DATA_DIR, else TFDS's default)")
     data: str | None = setting(None, "a .npz file with x_train, y_train, x_test, y_test, instead of TFDS")
     download: bool = setting(False, "let TFDS download the data into --data_dir if it is missing")
@@ -156,6 +210,59 @@ class ExperimentConfig:
         for name in ("coordinator_address", "num_processes", "process_id"):
             if getattr(self, name) is not None and not self.distributed:
                 raise ValueError(f"{name}: applies with --distributed only")
+        self._check_runs()
+
+    def _check_runs(self):
+        # Lists (a config read back from config.json) become the tuples a config holds.
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        object.__setattr__(self, "init_seeds", tuple(self.init_seeds))
+        if not isinstance(self.sweep, dict):
+            raise ValueError(f"sweep: expected {{name: values}}, got {self.sweep!r}")
+        object.__setattr__(self, "sweep", {name: tuple(values) for name, values in self.sweep.items()})
+        for name in ("seeds", "init_seeds"):
+            for seed in getattr(self, name):
+                _check_int(name, seed, 0)
+        if self.init_seeds and len(self.init_seeds) != len(self.seeds):
+            raise ValueError(f"init_seeds: expected one per seed of --seeds ({len(self.seeds)}), got {len(self.init_seeds)}")
+        if self.seeds and self.seed != SEED:
+            raise ValueError("seed: --seeds gives the runs' sampling seeds; leave out --seed")
+        if self.init_seeds and self.init_seed != INIT_SEED:
+            raise ValueError("init_seed: --init_seeds gives the runs' initialisation seeds; leave out --init_seed")
+        for name, values in self.sweep.items():
+            if name not in SWEEPABLE:
+                raise ValueError(
+                    f"sweep: {name} cannot differ between runs: it shapes the compiled program or the search, which "
+                    f"the runs share; the settings that can: {', '.join(SWEEPABLE)}"
+                )
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"sweep: {name} needs distinct values, got {list(values)}")
+            for value in values:
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ValueError(f"sweep: {name}: expected numbers, got {value!r}")
+                try:
+                    dataclasses.replace(self.rso, **{name: value})
+                except ValueError as e:
+                    raise ValueError(f"sweep: {e}") from None
+        # Numbers as floats, as the command line gives them: 2 and 2.0 are one configuration.
+        object.__setattr__(self, "sweep", {name: tuple(map(float, values)) for name, values in self.sweep.items()})
+        if self.runs is None:
+            return
+        if self.optimizer == "sgd":
+            flag = "seeds" if self.seeds else "sweep"
+            raise ValueError(f"{flag}: the SGD baseline trains one run at a time; run it once per --seed")
+        pairs = [(r["seed"], r["init_seed"]) for r in self.runs[: len(self.seeds) or 1]]
+        if len(set(pairs)) != len(pairs):
+            raise ValueError(f"seeds: two runs would have the same seed and init seed (seeds {list(self.seeds)})")
+
+    @property
+    def runs(self) -> list[dict] | None:
+        """The labels of the runs advanced together (`rsojax.train.run_labels`): every value of
+        `sweep` with every seed of `seeds` (default: `seed`), each with its init seed (default:
+        `init_seed`); None for the single run of `seed` and `init_seed`."""
+        if not self.seeds and not self.sweep:
+            return None
+        seeds = self.seeds or (self.seed,)
+        return run_labels(seeds, self.init_seeds or (self.init_seed,) * len(seeds), self.sweep)
 
     @property
     def batch_size(self) -> int:

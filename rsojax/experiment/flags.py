@@ -2,7 +2,8 @@
 
 A flag is named after its field (`--batch_size`) or its metadata's `flag`; a field with a True
 default is switched off by its negation (its metadata's `flag`, else `--no_<field>`). A flag that sets a
-field of both `rso` and `sgd` (`--batch_size`, `--cycles`) sets the chosen optimizer's.
+field of both `rso` and `sgd` (`--batch_size`, `--cycles`) sets the chosen optimizer's. A field
+whose metadata has `parse` takes text that `parse` reads (`--seeds 0-7`).
 """
 
 import argparse
@@ -53,7 +54,12 @@ def _help(path, f, default) -> str:
     text = f.metadata.get("help", "")
     if isinstance(default, bool) and default:
         return f"sets {path[-1]} to False: {text}"
-    return text if default is None or default is False else f"{text} [default: {default}]"
+    return text if default is None or default is False or _empty(default) else f"{text} [default: {default}]"
+
+
+def _empty(value) -> bool:
+    """An empty tuple or dict: a setting that is off (`seeds`, `sweep`), shown without a default."""
+    return isinstance(value, tuple | dict) and not value
 
 
 def parser(task: str = "mnist", prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
@@ -90,6 +96,8 @@ def parser(task: str = "mnist", prog: str | None = None, description: str | None
         choices = t.evaluators if flag == "evaluator" else f.metadata.get("choices")
         if kind is bool:
             kwargs["action"] = "store_false" if value else "store_true"
+        elif "parse" in f.metadata:  # text, read by `parse_flags`, which names the flag if it is bad
+            kwargs["metavar"] = f.metadata["metavar"]
         else:
             kwargs |= {"type": kind, "choices": choices, "metavar": kind.__name__.upper() if kind in (int, float) else None}
         p.add_argument(f"--{flag}", **kwargs)
@@ -120,11 +128,11 @@ def parse_flags(argv=None, task: str = "mnist", prog: str | None = None, descrip
     flags = flag_targets(default)
     optimizer = args.get("optimizer", default.optimizer)
     changes = {}
-    for flag, value in args.items():
-        targets = flags[flag]
-        path = next(p for p, _, _ in targets if len(targets) == 1 or p[0] == optimizer)
-        changes[path] = value
     try:
+        for flag, value in args.items():
+            targets = flags[flag]
+            path, f, _ = next(t for t in targets if len(targets) == 1 or t[0][0] == optimizer)
+            changes[path] = f.metadata["parse"](value) if "parse" in f.metadata else value
         return _with(default, changes), workdir
     except ValueError as e:
         raise UsageError(flagged(str(e))) from None

@@ -23,10 +23,19 @@ from rsojax.experiment.config import FIRST_RUN, TASKS, ExperimentConfig, UsageEr
 from rsojax.experiment.flags import flagged
 from rsojax.experiment.preemption import Preempted, StopSignals
 from rsojax.experiment.workdir import WorkdirLock, WriteError, writing
-from rsojax.layer_order import get_leaf
-from rsojax.records import append_record, write_json, write_records
+from rsojax.records import append_record, runs_by_sweep, spread, summarize_runs, write_json, write_records
 from rsojax.tensorboard import check_installed, event_files
-from rsojax.train import SGDRun, Step, params_sha256, rso_trainer, run_rso, run_sgd, start_rso, start_sgd
+from rsojax.train import (
+    SGDRun,
+    Step,
+    params_sha256,
+    rso_trainer,
+    run_rso,
+    run_sgd,
+    start_rso,
+    start_rso_runs,
+    start_sgd,
+)
 
 
 class _Stderr(logging.StreamHandler):
@@ -66,7 +75,9 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str) -> dict:
 
     Returns:
       The summary (`summary.json`): final and best test accuracy, weight updates, training
-      time, `params_sha256`, the config, the devices; `{}` on processes other than 0.
+      time, `params_sha256`, the config, the devices; for several runs (`config.runs`), each
+      run's labels, accuracies and `params_sha256` (`runs`) and their spread (`across_runs`,
+      `by_sweep`) instead of one run's; `{}` on processes other than 0.
 
     Raises:
       UsageError: a bad setting, data or workdir, a workdir in use or holding another run, or
@@ -190,10 +201,11 @@ def _already_finished(summary: dict, workdir: str) -> dict:
 
 
 def _say_start(config: ExperimentConfig, data: Dataset, mesh, start: Step):
+    runs = config.runs
     log.info(
-        "%s on %d %s training images, %s x%d in %d process(es), %s",
-        config.optimizer, data.x_train.shape[0], TASKS[config.task].title, jax.devices()[0], mesh.size,
-        jax.process_count(),
+        "%s%s on %d %s training images, %s x%d in %d process(es), %s",
+        config.optimizer, f", {len(runs)} runs" if runs else "", data.x_train.shape[0], TASKS[config.task].title,
+        jax.devices()[0], 1 if mesh is None else mesh.size, jax.process_count(),
         f"resuming after {start.weight_updates:,} weight updates" if start.weight_updates else "from the start",
     )
 
@@ -216,7 +228,9 @@ def _train(config: ExperimentConfig, training: "_Training", start: Step, records
     progress = Progress(training.total, training.position(start)[0], config.progress_every_s, metrics is not None,
                         training.unit)
     step, last_save = start, time.monotonic()
-    events = event_files(workdir if metrics is not None and config.tensorboard else None, records)
+    runs = config.runs
+    events = event_files(workdir if metrics is not None and config.tensorboard else None, records,
+                         None if runs is None else len(runs))
     try:
         for step in training.steps(start):
             saved, failure = False, None
@@ -251,14 +265,26 @@ def _stopped(signals: StopSignals, decision: int, when: str) -> Preempted:
                      interrupted=decision == preemption.INTERRUPT)
 
 
-def _add_record(record: dict, records: list, metrics: str | None, events, progress: "Progress"):
+def _add_record(record: dict | list[dict], records: list, metrics: str | None, events, progress: "Progress"):
     """The one place a finished record goes: the run's records, `metrics.jsonl` and the
-    TensorBoard events (process 0), the log."""
-    records.append(record)
-    if metrics is not None:
-        with writing(metrics):
-            append_record(metrics, record)
-        events.write(record)
+    TensorBoard events (process 0), the log. Several runs' records (a list) go there one by
+    one, in run order, and make one line of the log."""
+    several = record if isinstance(record, list) else [record]
+    for one in several:
+        records.append(one)
+        if metrics is not None:
+            with writing(metrics):
+                append_record(metrics, one)
+            events.write(one)
+    if isinstance(record, list):
+        acc = spread([r["test_accuracy"] for r in record])
+        first = record[0]
+        progress.note(
+            f"cycle={first['cycle']} layer={first['layer']} weight_updates={first['weight_updates']} "
+            f"wall_time_s={first['wall_time_s']:.4g} test_accuracy over {acc['n']} runs: mean={acc['mean']:.4g} "
+            f"std={acc['std']:.4g} min={acc['min']:.4g} max={acc['max']:.4g}"
+        )
+        return
     progress.note(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
 
 
@@ -266,15 +292,23 @@ def _finish(config: ExperimentConfig, mesh, step: Step, records: list, checkpoin
             finished_saved: bool) -> dict:
     """Writes the curves, `summary.json` and the final checkpoint (process 0); the summary."""
     params = step.run.params if isinstance(step.run, SGDRun) else step.run.state.params
+    if config.runs is None:
+        result = {
+            "test_accuracy": records[-1]["test_accuracy"],
+            "best_test_accuracy": max(r["test_accuracy"] for r in records),
+        }
+    else:
+        result, params = summarize_runs(records), jax.device_get(params)  # runs taken apart on the host
+        for run in result["runs"]:
+            run["params_sha256"] = params_sha256(jax.tree.map(lambda a, k=run["run"]: a[k], params))
     summary = {
         "task": config.task,
         "optimizer": config.optimizer,
         "config": dataclasses.asdict(config),
-        "test_accuracy": records[-1]["test_accuracy"],
-        "best_test_accuracy": max(r["test_accuracy"] for r in records),
+        **result,
         "weight_updates": records[-1]["weight_updates"],
         "wall_time_s": records[-1]["wall_time_s"],
-        "params_sha256": params_sha256(params),
+        **({"params_sha256": params_sha256(params)} if config.runs is None else {}),
         "precision": config.rso.precision,
         "jax_version": jax.__version__,
         "device": str(jax.devices()[0]),
@@ -282,12 +316,15 @@ def _finish(config: ExperimentConfig, mesh, step: Step, records: list, checkpoin
     }
     if checkpointer is None:
         return {}
-    from rsojax.plots import plot_curves  # matplotlib only where curves are drawn
+    from rsojax.plots import plot_curves, plot_runs  # matplotlib only where curves are drawn
 
     name = config.optimizer.upper()
     curves, summary_path = os.path.join(workdir, "curves.png"), os.path.join(workdir, "summary.json")
     with writing(curves):
-        plot_curves({name: records}, curves, title=f"{TASKS[config.task].title}, {name}")
+        if config.runs is None:
+            plot_curves({name: records}, curves, title=f"{TASKS[config.task].title}, {name}")
+        else:
+            plot_runs(runs_by_sweep(records), curves, title=f"{TASKS[config.task].title}, {name}, {len(config.runs)} runs")
     with writing(summary_path):
         write_json(summary_path, summary)
     if not finished_saved:
@@ -297,10 +334,15 @@ def _finish(config: ExperimentConfig, mesh, step: Step, records: list, checkpoin
 
 
 def _result(summary: dict) -> str:
-    return (
-        f"test accuracy {summary['test_accuracy']:.4f} (best {summary['best_test_accuracy']:.4f}) after "
-        f"{summary['weight_updates']:,} weight updates, {summary['wall_time_s']:.0f} s of training"
-    )
+    if "across_runs" in summary:
+        final, best = (summary["across_runs"][k] for k in ("test_accuracy", "best_test_accuracy"))
+        accuracy = (
+            f"{final['n']} runs: test accuracy {final['mean']:.4f} ± {final['std']:.4f} (min {final['min']:.4f}, "
+            f"max {final['max']:.4f}; best {best['mean']:.4f} ± {best['std']:.4f})"
+        )
+    else:
+        accuracy = f"test accuracy {summary['test_accuracy']:.4f} (best {summary['best_test_accuracy']:.4f})"
+    return f"{accuracy} after {summary['weight_updates']:,} weight updates, {summary['wall_time_s']:.0f} s of training"
 
 
 class _Training(NamedTuple):
@@ -332,6 +374,12 @@ def _prepare(config: ExperimentConfig) -> tuple:
                 f"data: the {task.title} network takes images of shape {tuple(model.input_shape)}, "
                 f"the data has {tuple(data.x_train.shape[1:])}"
             )
+        if config.optimizer == "rso" and config.runs is not None:
+            if mesh.size > 1:
+                raise ValueError(
+                    f"devices: several runs at once run on one device, and the mesh has {mesh.size}; use --devices 1"
+                )
+            return None, data, _rso_training(config, model, data, None)
         if config.optimizer == "rso":
             return mesh, data, _rso_training(config, model, data, mesh)
         n = data.x_train.shape[0]
@@ -354,18 +402,25 @@ def _prepare(config: ExperimentConfig) -> tuple:
 
 def _rso_training(config: ExperimentConfig, model, data: Dataset, mesh) -> _Training:
     rso = rso_trainer(model, config.rso, EVALUATORS[config.evaluator](model), config.kernels_only, mesh)
-    fresh = start_rso(rso, model, data, config.seed, config.init_seed)
+    runs = config.runs
+    if runs is None:
+        fresh = start_rso(rso, model, data, config.seed, config.init_seed)
+    else:
+        fresh = start_rso_runs(rso, model, data, runs)
     cycles = config.rso.cycles
 
     def steps(start):
-        return run_rso(rso, model, data, start, chunk_size=config.chunk_size)
+        return run_rso(rso, model, data, start, chunk_size=config.chunk_size, runs=runs)
 
     def position(step):
         if step.record is not None:  # the step after a sweep: name the layer just finished
-            return step.weight_updates, f"cycle {step.record['cycle'] + 1}/{cycles}, {step.record['layer']}"
-        return step.weight_updates, f"cycle {int(step.run.state.cycle) + 1}/{cycles}, {rso.layers[int(step.run.layer)]}"
+            record = step.record[0] if isinstance(step.record, list) else step.record
+            return step.weight_updates, f"cycle {record['cycle'] + 1}/{cycles}, {record['layer']}"
+        cycle = int(jax.numpy.ravel(step.run.state.cycle)[0])  # the runs advance together
+        return step.weight_updates, f"cycle {cycle + 1}/{cycles}, {rso.layers[int(step.run.layer)]}"
 
-    per_cycle = sum(get_leaf(fresh.run.state.params, path).size for path in rso.layers)
+    # the weights one run visits per cycle (several runs advance together)
+    per_cycle = sum(rso.n_weights(fresh.run.state, path) for path in rso.layers)
     return _Training(fresh, steps, cycles * per_cycle, "weight", position)
 
 

@@ -200,6 +200,8 @@ def _check_config(workdir: str, config: ExperimentConfig) -> None:
             "to resume: write them back, or use a new --workdir"
         ) from None
     current = _flat(json.loads(json.dumps(dataclasses.asdict(config))))
+    # A run saved before the runs settings existed is a single run: their empty values match it.
+    saved |= {k: [] for k in ("seeds", "init_seeds") if k not in saved and current.get(k) == []}
     differ = sorted(k for k in saved.keys() | current.keys() if k.split(".")[-1] not in RESUMABLE and saved.get(k) != current.get(k))
     if differ:
         changes = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differ)
