@@ -161,7 +161,9 @@ class ExperimentConfig:
     checkpoint_every_s: float = setting(300.0, "also checkpoint inside a layer this often (seconds)")
     progress_every_s: float = setting(30.0, "a progress line this often when stderr is not a terminal (seconds)")
     tensorboard: bool = setting(False, "also write the records as TensorBoard event files into the workdir")
-    devices: int = setting(0, "devices each minibatch is split over (0: all, of all processes)")
+    devices: int = setting(
+        0, "devices each minibatch is split over, or that several runs are spread over (0: all, of all processes)"
+    )
     distributed: bool = setting(False, "join a multi-process run (jax.distributed.initialize)")
     coordinator_address: str | None = setting(None, "with --distributed: process 0's host:port (default: $JAX_COORDINATOR_ADDRESS)")
     num_processes: int | None = setting(None, "with --distributed (default: $JAX_NUM_PROCESSES)")

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import optax
 
-from rsojax import sharding
+from rsojax import memory, sharding
 from rsojax.checkpoint import Checkpointer, CheckpointError
 from rsojax.data import Dataset
 from rsojax.evaluators import EVALUATORS
@@ -375,11 +375,7 @@ def _prepare(config: ExperimentConfig) -> tuple:
                 f"the data has {tuple(data.x_train.shape[1:])}"
             )
         if config.optimizer == "rso" and config.runs is not None:
-            if mesh.size > 1:
-                raise ValueError(
-                    f"devices: several runs at once run on one device, and the mesh has {mesh.size}; use --devices 1"
-                )
-            return None, data, _rso_training(config, model, data, None)
+            return mesh, data, _rso_training(config, model, data, _runs_mesh(config, mesh))
         if config.optimizer == "rso":
             return mesh, data, _rso_training(config, model, data, mesh)
         n = data.x_train.shape[0]
@@ -400,6 +396,18 @@ def _prepare(config: ExperimentConfig) -> tuple:
     return mesh, data, _Training(start_sgd(model, optimizer, config.init_seed), steps, epochs, "epoch", position)
 
 
+def _runs_mesh(config: ExperimentConfig, mesh):
+    """Several runs over several devices: each device its share of the runs (a 'runs' mesh
+    axis), every minibatch on one device. One process: its records read every run."""
+    if mesh.size == 1:
+        return None
+    if jax.process_count() > 1:
+        raise ValueError("distributed: several runs at once run in one process (on its devices)")
+    if len(config.runs) % mesh.size:
+        raise ValueError(f"devices: {len(config.runs)} runs do not divide over {mesh.size} devices; use --devices 1 or a divisor")
+    return sharding.make_mesh(mesh.size, runs=mesh.size)
+
+
 def _rso_training(config: ExperimentConfig, model, data: Dataset, mesh) -> _Training:
     rso = rso_trainer(model, config.rso, EVALUATORS[config.evaluator](model), config.kernels_only, mesh)
     runs = config.runs
@@ -407,6 +415,7 @@ def _rso_training(config: ExperimentConfig, model, data: Dataset, mesh) -> _Trai
         fresh = start_rso(rso, model, data, config.seed, config.init_seed)
     else:
         fresh = start_rso_runs(rso, model, data, runs)
+        memory.check_fits(rso, fresh.run.state, (data.x_train, data.y_train), what="seeds")
     cycles = config.rso.cycles
 
     def steps(start):
