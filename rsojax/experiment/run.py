@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import NamedTuple
 
 import jax
+import numpy as np
 import optax
 
 from rsojax import memory, sharding
@@ -425,7 +426,7 @@ def _rso_training(config: ExperimentConfig, model, data: Dataset, mesh) -> _Trai
         if step.record is not None:  # the step after a sweep: name the layer just finished
             record = step.record[0] if isinstance(step.record, list) else step.record
             return step.weight_updates, f"cycle {record['cycle'] + 1}/{cycles}, {record['layer']}"
-        cycle = int(jax.numpy.ravel(step.run.state.cycle)[0])  # the runs advance together
+        cycle = int(np.ravel(jax.device_get(step.run.state.cycle))[0])  # the runs advance together
         return step.weight_updates, f"cycle {cycle + 1}/{cycles}, {rso.layers[int(step.run.layer)]}"
 
     # the weights one run visits per cycle (several runs advance together)
