@@ -299,3 +299,26 @@ def test_bad_runs_are_refused_before_anything_is_written(mnist_npz, tmp_path, ar
     assert status == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith(f"mnist.py: error: {message}")
     assert not workdir.exists()
+
+
+def test_runs_that_will_not_fit_are_refused_before_anything_is_written(mnist_npz, tmp_path, monkeypatch):
+    """The device's memory, as `rsojax.memory` reads it, holds the data and one run's caches
+    but not three: refused in one line saying how many fit."""
+    from rsojax import memory
+
+    monkeypatch.setattr(memory, "context_bytes", lambda rso, state, data: (0, 10**6))
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: sum(a.nbytes for a in data_arrays(mnist_npz)) + 10**6)
+    workdir = tmp_path / "run"
+    argv = [*TINY_1, "--batch_size", "16", "--data", mnist_npz, "--workdir", str(workdir), "--seeds", "0-2"]
+    status, err = run_cli("mnist", argv)
+    assert status == 2 and "Traceback" not in err
+    assert "mnist.py: error: --seeds: 3 run(s) need about" in err and "1 run(s) fit" in err
+    assert not workdir.exists()
+
+
+def data_arrays(npz):
+    """TINY's training set as the experiment holds it (64 float32 images, int32 labels)."""
+    from rsojax.data import load_npz
+
+    data = load_npz(npz)
+    return data.x_train[:64], data.y_train[:64]
