@@ -19,8 +19,8 @@ from rsojax.rso import choose
 from rsojax.sampling import batch_at, block_permutation
 from rsojax.schedule import anneal
 
-# Weights of every kind of stage and every path of Incremental, in the whole network (whole
-# cycles: `small_resnet(blocks=7)`): the head; a residual block (9) before the head; a residual
+# Weights of every kind of stage and every path of Incremental, in the whole network (the
+# cycles of `small_resnet(blocks=7)`: `CYCLE_LAYERS`): the head; a residual block (9) before the head; a residual
 # block's kernel (7) before a block that passes its input on; the shortcut block (5: its BN, whose
 # input adds the shortcut, the shortcut's conv and its BN's gamma); a block (4) before the
 # shortcut block; a block that passes its input on as a skip (2) before a residual block;
