@@ -3,9 +3,10 @@ MXNet), from a fixture that code wrote on rsojax's draws (tools/authors_oracle, 
 
 The fixture holds, for every weight of a whole MNIST cycle along the authors' path, the authors'
 three candidate losses (float64 sums of their float32 network), their choice, the dw they used,
-and each searched array after its layer. rsojax follows the same path: at each weight it computes
-its own losses and choice from the authors' state, and then keeps the authors' choice, so one
-tie at float32 precision does not part the two states for the rest of the cycle.
+and each searched array after its layer. rsojax follows the same path: at each weight it draws
+its own dw and, at the weights compared, computes its own losses and choice from the authors'
+state; it then keeps the authors' choice, so one tie at float32 precision does not part the two
+states for the rest of the cycle.
 """
 
 import functools
@@ -108,8 +109,8 @@ def follow(rso: RSO, state, ctx, choices, compared, *, path: str):
 
 def compared_positions(n: int) -> np.ndarray:
     """The visit positions whose losses and decisions are compared in a layer of `n` weights:
-    all of a layer of at most 160 (the head, conv 1, every BN parameter); of a 3 x 3 kernel of
-    more, one weight of each (input, output) channel pair, its tap cycling with the pair's index
+    all of a layer of at most 160 (the MNIST network's head, conv 1, every BN parameter); of a
+    3 x 3 kernel of more, one weight of each (input, output) channel pair, its tap cycling with the pair's index
     (the pairs' 9 taps are visited one after another), so every pair and every tap is compared."""
     positions = np.arange(n)
     if n <= 160:
