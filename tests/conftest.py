@@ -53,6 +53,29 @@ from rsojax.train import INIT_SEED  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# The modules that take longest (`--durations`, summed per module), slowest first. The two
+# pytest-xdist workers take whole modules in collection order (pyproject's addopts), so these
+# start first and the many short modules fill in at the end; the others keep their order.
+SLOWEST_MODULES = (
+    "test_resnet.py",
+    "test_authors_oracle.py",
+    "test_gpu_check.py",
+    "test_experiments.py",
+    "test_rso.py",
+    "test_evaluators.py",
+    "test_distributed.py",
+    "test_long_runs.py",
+    "test_cifar10.py",
+    "test_notebook.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    """The tests of `SLOWEST_MODULES` first, in that order (a stable sort)."""
+    rank = {name: i for i, name in enumerate(SLOWEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def random_data(n, example_shape, key=0, dtype=jnp.float64):
     kx, ky = jax.random.split(jax.random.key(key))
     x = jax.random.normal(kx, (n, *example_shape), dtype)

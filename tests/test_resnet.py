@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import init_params, random_data
-from test_rso import make_rso, reference_loss, reference_sweep
+from test_rso import reference_loss, reference_sweep
 
 import rsojax
 from rsojax.evaluators import EVALUATORS, StageInputs, applicable, default_evaluator
@@ -19,8 +19,8 @@ from rsojax.rso import choose
 from rsojax.sampling import batch_at, block_permutation
 from rsojax.schedule import anneal
 
-# Weights of every kind of stage and every path of Incremental, in the whole network (whole
-# cycles: `small_resnet(blocks=7)`): the head; a residual block (9) before the head; a residual
+# Weights of every kind of stage and every path of Incremental, in the whole network (the
+# cycles of `small_resnet(blocks=7)`: `CYCLE_LAYERS`): the head; a residual block (9) before the head; a residual
 # block's kernel (7) before a block that passes its input on; the shortcut block (5: its BN, whose
 # input adds the shortcut, the shortcut's conv and its BN's gamma); a block (4) before the
 # shortcut block; a block that passes its input on as a skip (2) before a residual block;
@@ -36,11 +36,28 @@ LAYERS = [
     "stages_1/Conv_0/kernel",
     "stages_0/Conv_0/kernel",
 ]
-# The shortcut's BN beta: the loss does not depend on it
-# (`test_forward_written_out_and_composes_from_any_stage`), so rounding alone decides its
-# search, and it is left out wherever decisions are compared.
-ROUNDING_ONLY = "stages_4/shortcut_bn/bias"
 SKIP_STAGES = (2, 4, 6, 8)  # the stages (blocks 3, 5, 7, 9) whose input is (h, skip)
+# The layers of the cycles of `small_resnet(blocks=7)` (whose head is stage 7), in search order:
+# a layer of every kind of stage and every path of Incremental, as `LAYERS` in the whole network,
+# and the kernels of every block (the pooled residual blocks 3 and 5 among them); the BN
+# parameters of the other blocks take the paths of those here, each compiled per layer. Not the
+# shortcut's BN beta: the loss does not depend on it
+# (`test_forward_written_out_and_composes_from_any_stage`), so rounding alone decides its search.
+CYCLE_LAYERS = (
+    "stages_7/Dense_0/kernel",
+    "stages_6/Conv_0/kernel",
+    "stages_6/BatchNorm_0/bias",
+    "stages_5/Conv_0/kernel",
+    "stages_4/Conv_0/kernel",
+    "stages_4/BatchNorm_0/scale",
+    "stages_4/shortcut_conv/kernel",
+    "stages_4/shortcut_bn/scale",
+    "stages_3/Conv_0/kernel",
+    "stages_2/Conv_0/kernel",
+    "stages_1/Conv_0/kernel",
+    "stages_0/Conv_0/kernel",
+    "stages_0/BatchNorm_0/bias",
+)
 
 
 def small_resnet(n=24, dtype=jnp.float64, blocks=9):
@@ -166,24 +183,34 @@ def test_incremental_losses_are_cached_losses_on_every_path():
     model, params, data = small_resnet(n=16)
     cached, incremental = rsojax.Cached(model), rsojax.Incremental(model)
     idx_B = jnp.arange(8, 16)
+
+    @functools.partial(jax.jit, static_argnames="path")
+    def both(ctx_c, ctx_i, j, values_3, path):
+        expected = cached.losses(ctx_c, params, path, j, values_3, idx_B)
+        return expected, incremental.losses(incremental.refresh(ctx_i, params, path, j), params, path, j, values_3, idx_B)
+
     for path in LAYERS[1:]:
         leaf = rsojax.get_leaf(params, path)
         ctx_c, ctx_i = cached.prepare(params, path, data), incremental.prepare(params, path, data)
         for j in sorted({0, leaf.size // 2 + 1, leaf.size - 1}):
             values_3 = leaf.ravel()[j] + jnp.array([0.0, 0.4, -0.4])
-            expected = cached.losses(ctx_c, params, path, j, values_3, idx_B)
-            got = incremental.losses(incremental.refresh(ctx_i, params, path, j), params, path, j, values_3, idx_B)
+            expected, got = both(ctx_c, ctx_i, jnp.int32(j), values_3, path)
             assert np.ptp(np.asarray(expected)) > 1e-6, (path, j)  # the candidates differ
             np.testing.assert_allclose(got, expected, rtol=1e-10, atol=0, err_msg=f"{path} weight {j}")
 
 
+def cycle_rso(model, kind, batch_size, **config):
+    """An RSO of the evaluator `kind` over `CYCLE_LAYERS`."""
+    return rsojax.RSO(EVALUATORS[kind](model), CYCLE_LAYERS, rsojax.RSOConfig(batch_size=batch_size, **config))
+
+
 @pytest.fixture(scope="module")
 def reference_cycle():
-    """A whole cycle of `small_resnet(blocks=7)` by the float64 literal reference, layer after
+    """A cycle of `small_resnet(blocks=7)` over `CYCLE_LAYERS` by the float64 literal reference, layer after
     layer from its own parameters: the stages before the searched one in inference mode with the
     first images' statistics, one shuffle per block (the shortcut conv takes block 5's)."""
     model, params, data = small_resnet(blocks=7)
-    rso = make_rso(model, "generic", 8, cycles=3)
+    rso = cycle_rso(model, "generic", 8, cycles=3)
     start = rso.init(params, jax.random.key(72), data).replace(cycle=jnp.int32(1))
     state, leaves, choices, losses = start, {}, {}, {}
     for path in rso.layers:
@@ -200,24 +227,23 @@ def test_float64_cycle_matches_the_literal_reference(kind, reference_cycle):
     equal the reference's to 1e-10 (a different decision moves a weight by a whole dw), and it
     accepts as many perturbations."""
     model, data, start, leaves, choices = reference_cycle
-    rso = make_rso(model, kind, 8, cycles=3)
+    rso = cycle_rso(model, kind, 8, cycles=3)
     state, results = rso.cycle(start, data)
-    assert [path for path, _ in results] == list(rso.layers) and len(rso.layers) == 25
+    assert [path for path, _ in results] == list(CYCLE_LAYERS)
     for path, metrics in results:
-        if path == ROUNDING_ONLY:
-            continue
         np.testing.assert_allclose(rsojax.get_leaf(state.params, path), leaves[path], rtol=0, atol=1e-10, err_msg=path)
         assert int(metrics.accepted) == sum(c != 0 for c in choices[path]), path
     assert {0, 1, 2} <= {c for path in rso.layers for c in choices[path]}
 
 
 def test_float32_evaluators_agree():
-    """Over a whole float32 cycle of `small_resnet(blocks=7)`, from the same state and draws,
-    every evaluator takes the decision of `Uncached` (which recomputes the stages before the
-    searched one from the images) on at least 99.9% of the weights; the state follows its choice."""
+    """Over a float32 cycle of `small_resnet(blocks=7)` (`CYCLE_LAYERS`), from the same state
+    and draws, every evaluator takes the decision of `Uncached` (which recomputes the stages
+    before the searched one from the images) on at least 99.9% of the weights; the state follows
+    its choice."""
     model, params, data = small_resnet(n=32, dtype=jnp.float32, blocks=7)
     evaluators = [EVALUATORS[name](model) for name in EVALUATORS]
-    rso = make_rso(model, "generic", 16, cycles=2)
+    rso = cycle_rso(model, "generic", 16, cycles=2)
     state = rso.init(params, jax.random.key(11), data)
     cfg = rso.config
 
@@ -242,9 +268,8 @@ def test_float32_evaluators_agree():
         ctxs = [e.prepare(params, path, data, c) for e, c in zip(evaluators, ctxs)]
         for i in range(rsojax.get_leaf(params, path).size):
             params, ctxs, c = decide(params, ctxs, perm_N, layer_key, sigma, i, path)
-            if path != ROUNDING_ONLY:
-                choices.append(np.asarray(c))
+            choices.append(np.asarray(c))
     choices = np.array(choices)
-    assert len(choices) == 730 - 4 and len(set(choices[:, -1])) == 3
+    assert len(choices) == sum(rsojax.get_leaf(params, p).size for p in CYCLE_LAYERS) and len(set(choices[:, -1])) == 3
     agree = (choices == choices[:, -1:]).all(axis=1)
     assert agree.sum() >= 0.999 * len(agree), (agree.sum(), len(agree))
