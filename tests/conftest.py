@@ -59,7 +59,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLOWEST_MODULES = (
     "test_resnet.py",
     "test_authors_oracle.py",
+    "test_experiment_runs.py",
     "test_gpu_check.py",
+    "test_runs.py",
     "test_experiments.py",
     "test_rso.py",
     "test_evaluators.py",

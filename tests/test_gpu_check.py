@@ -109,3 +109,16 @@ def test_bad_options_name_the_argument(tmp_path):
         )
         assert proc.returncode == 2 and f"error: {named}:" in proc.stderr, proc.stderr
         assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_gpu_check_plans_a_benchmark_per_number_of_runs():
+    """--bench_runs K,...: one `benchmark.py --runs K` per K (K = 1 without the flag)."""
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import gpu_check
+
+    args = gpu_check.parse(["--data", "x.npz", "--out", "o", "--bench_modes", "incremental", "--bench_batch_sizes", "512",
+                            "--bench_precisions", "float32", "--bench_runs", "1,8"])
+    plan = gpu_check.benchmark_plan(args)
+    assert [(name, cmd[cmd.index("--runs") + 1] if "--runs" in cmd else None) for name, _, _, cmd in plan] == [
+        ("incremental_512_float32", None), ("incremental_512_float32_runs8", "8")
+    ]

@@ -50,7 +50,7 @@ def alone(rso, k, sweep=SWEEP):
 
 @pytest.mark.parametrize(
     "evaluator, granularity",
-    [("incremental", "weight"), ("cached", "neuron"), ("generic", "weight")],
+    [("incremental", "weight"), ("cached", "neuron")],
 )
 def test_each_run_takes_the_decisions_it_takes_alone(evaluator, granularity):
     """float64: every weight of every run gets the single run's value after a cycle in chunks
@@ -191,16 +191,3 @@ def test_runs_spread_over_a_runs_mesh_axis_decide_as_on_one_device():
     assert result["batch_per_device"]
     assert result["diff"] < 1e-12
 
-
-def test_gpu_check_plans_a_benchmark_per_number_of_runs():
-    """--bench_runs K,...: one `benchmark.py --runs K` per K (K = 1 without the flag), the
-    baseline only for the single run."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
-    import gpu_check
-
-    args = gpu_check.parse(["--data", "x.npz", "--out", "o", "--bench_modes", "incremental", "--bench_batch_sizes", "512",
-                            "--bench_precisions", "float32", "--bench_runs", "1,8"])
-    plan = gpu_check.benchmark_plan(args)
-    assert [(name, cmd[cmd.index("--runs") + 1] if "--runs" in cmd else None) for name, _, _, cmd in plan] == [
-        ("incremental_512_float32", None), ("incremental_512_float32_runs8", "8")
-    ]
