@@ -82,8 +82,8 @@ def test_tiny_run_writes_every_part(tmp_path):
     for heading in ("Seconds per cycle", "The paper's protocol", "precision default against float32", "SGD baseline"):
         assert heading in md
     r = bench["result"]
-    assert f"| cached | 32 | float32 | xla | {result['commit']} | {r['cycle_seconds']:.2f} |" in md
-    assert "| cached | 32 | float32 | xla | 0123456789ab | 123.00 | 2.000 | 7 | 9 | 11 |" in md  # 1000 / 500 ms per weight
+    assert f"| cached | 32 | float32 | xla | 1 | {result['commit']} | {r['cycle_seconds']:.2f} | {r['cycle_seconds']:.2f} |" in md
+    assert "| cached | 32 | float32 | xla | 1 | 0123456789ab | 123.00 | 123.00 | 2.000 | 7 | 9 | 11 |" in md  # 1000 / 500 ms per weight
     assert f"| {agreement['agree']} ({100 * agreement['agreement']:.1f}%) |" in md and "Not measured" not in md
     assert "protocol: cycle 2" in open(out / "gpu_check.log").read()
 
