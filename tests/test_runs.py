@@ -42,9 +42,9 @@ def keys():
     return jnp.stack([jax.random.key(s) for s in SEEDS])
 
 
-def alone(rso, k, sweep=SWEEP):
+def alone(rso, k):
     """The RSO of run k alone: the config with the k-th swept values."""
-    config = dataclasses.replace(rso.config, **{name: values[k] for name, values in sweep.items()})
+    config = dataclasses.replace(rso.config, **{name: values[k] for name, values in SWEEP.items()})
     return rsojax.RSO(rso.evaluator, rso.layers, config)
 
 
@@ -58,17 +58,17 @@ def test_each_run_takes_the_decisions_it_takes_alone(evaluator, granularity):
     contract w' + dw into one fused multiply-add in one program and not in the other; a
     different decision would move the weight by a whole dw."""
     model, data, params = problem()
-    # The swept hyperparameters with one evaluator; the others compile one single run for both.
-    layers, sweep = (LAYERS, SWEEP) if evaluator == "incremental" else (LAYERS[:2], {})
+    # One single-run program serves both runs (they differ in their seeds); the swept
+    # hyperparameters reach each run as `test_runs_use_the_constants_a_single_run_compiles` and
+    # tests/test_experiment_runs.py check.
+    layers = LAYERS if evaluator == "incremental" else LAYERS[:2]
     config = rsojax.RSOConfig(batch_size=16, cycles=3, granularity=granularity)
     rso = rsojax.RSO(rsojax.EVALUATORS[evaluator](model), layers, config)
-    state = rso.init_runs(stacked(params), keys(), data, sweep)
+    state = rso.init_runs(stacked(params), keys(), data)
     assert state.runs == len(SEEDS)
     state, metrics = rso.cycle(state, data, chunk_size=40)
-    singles = [alone(rso, k, sweep) for k in range(len(SEEDS))] if sweep else [rso] * len(SEEDS)
     for k, seed in enumerate(SEEDS):
-        single = singles[k]
-        expected, expected_metrics = single.cycle(single.init(params[k], jax.random.key(seed), data), data, chunk_size=40)
+        expected, expected_metrics = rso.cycle(rso.init(params[k], jax.random.key(seed), data), data, chunk_size=40)
         for path in layers:
             got, want = rsojax.get_leaf(state.params, path)[k], rsojax.get_leaf(expected.params, path)
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=0, err_msg=f"run {k}, {path}")
