@@ -9,7 +9,7 @@ from test_incremental import LAYERS, make_rso, small_net
 
 import rsojax
 from rsojax.evaluators import EVALUATORS, applicable, default_evaluator
-from rsojax.evaluators.incremental import _conv_output, _conv_output_runs
+from rsojax.evaluators.incremental import _conv_output
 from rsojax.evaluators.stage_inputs import _distinct_stage_inputs, stage_inputs
 
 
@@ -60,19 +60,15 @@ def test_caching_pass_uses_the_statistics_of_the_first_training_images():
 
 def test_caching_passes_hold_their_outputs_and_one_pass():
     """The caching pass and `Incremental`'s conv cache write each pass in place into their
-    channel-major outputs, for one run and for several: the compiled programs' temporaries are
-    one pass (per run), the same for 64 and 256 examples (a stacked or transposed copy of the
-    passes would grow with them)."""
+    channel-major outputs: the compiled programs' temporaries are one pass, the same for 64
+    and 256 examples (a stacked or transposed copy of the passes would grow with them)."""
     model, params, (x, y) = small_net(channels=2, n=256)
     kernel = params["stages_1"]["Conv_0"]["kernel"]
 
     def temporaries(n):
         h_1 = stage_inputs(model, params, (x[:n], y[:n]), 1).h_S[1]  # (C, N, H, W)
-        two_runs = jax.tree.map(lambda a: jnp.stack([a, a]), params)
         programs = (_distinct_stage_inputs.lower(model, params, x[:n], len(model.stages), 8, 16),
-                    _conv_output.lower(model.stages[1], h_1, kernel, 8),
-                    _distinct_stage_inputs.lower(model, two_runs, x[:n], len(model.stages), 8, 16, runs=True),
-                    _conv_output_runs.lower(model.stages[1], h_1, jnp.stack([kernel, kernel]), 8, shared_input=True))
+                    _conv_output.lower(model.stages[1], h_1, kernel, 8))
         return [lowered.compile().memory_analysis().temp_size_in_bytes for lowered in programs]
 
     assert temporaries(256) == temporaries(64)

@@ -85,7 +85,10 @@ def test_run_k_takes_the_decisions_of_the_single_run_with_its_seeds_and_swept_va
         alone_rso = rsojax.rso_trainer(model, dataclasses.replace(config, weight_decay=label["weight_decay"]))
         alone = list(run_rso(alone_rso, model, data, chunk_size=16, seed=label["seed"], init_seed=label["init_seed"]))
         run_k = jax.tree.map(lambda a, k=k: a[k], steps[-1].run.state.params)
-        assert params_sha256(run_k) == params_sha256(alone[-1].run.state.params)
+        # The same decisions; the kept values up to XLA contracting w' + dw into one fused
+        # multiply-add in one program and not in the other (a different decision moves a whole dw).
+        for ours, theirs in zip(jax.tree.leaves(run_k), jax.tree.leaves(alone[-1].run.state.params)):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=0)
         alone_records = [s.record for s in alone if s.record]
         assert len(by_run(records)[k]) == len(alone_records)
         for ours, theirs in zip(by_run(records)[k], alone_records):

@@ -78,6 +78,7 @@ from rsojax.evaluators.stage_inputs import (
 )
 from rsojax.losses import summed_cross_entropy
 from rsojax.models import BatchNorm, ConvBlock, ResidualBlock, Sequential, avg_pool_2x2, stage_of
+from rsojax.runs import map_runs
 
 
 def conv3x3(x_BxHxWxI: jax.Array, kernel_3x3xIxO: jax.Array) -> jax.Array:
@@ -474,9 +475,9 @@ def channel_rows(h_CxNx: jax.Array, c, idx_B: jax.Array) -> jax.Array:
 def _conv_output_runs(stage, h_IxNxHxW: jax.Array, kernel_R: jax.Array, cache_batch: int, shared_input: bool) -> jax.Array:
     """`_conv_output` of several runs' kernels (leading run axis), of their own inputs or,
     with `shared_input`, of the training set they share."""
-    return jax.vmap(lambda h, k: _conv_output(stage, h, k, cache_batch), in_axes=(None if shared_input else 0, 0))(
-        h_IxNxHxW, kernel_R
-    )
+    if shared_input:
+        return map_runs(lambda k: _conv_output(stage, h_IxNxHxW, k, cache_batch), (kernel_R,))
+    return map_runs(lambda h, k: _conv_output(stage, h, k, cache_batch), (h_IxNxHxW, kernel_R))
 
 
 @functools.partial(jax.jit, static_argnames=("stage", "cache_batch"))

@@ -24,6 +24,7 @@ from jax import lax
 
 from rsojax.evaluation import bn_statistics
 from rsojax.models import Sequential
+from rsojax.runs import map_runs
 
 STATS_IMAGES = 2000  # the reference code's BN statistics: the first 2000 training images
 CACHE_BATCH = 2000  # examples per forward pass of the caching pass (bounds memory only)
@@ -74,7 +75,7 @@ def reference_statistics(model: Sequential, params, x_N: jax.Array, stats_images
 @functools.partial(jax.jit, static_argnames=("model", "stats_images"))
 def reference_statistics_runs(model: Sequential, params, x_N: jax.Array, stats_images: int = STATS_IMAGES) -> dict:
     """`reference_statistics` of several runs: `params` and the result with a leading run axis."""
-    return jax.vmap(lambda p: bn_statistics(model, p, x_N[:stats_images]))(params)
+    return map_runs(lambda p: bn_statistics(model, p, x_N[:stats_images]), (params,))
 
 
 def prefix(model: Sequential, params, stats: dict, x_B: jax.Array, stop: int):
@@ -129,7 +130,7 @@ def _distinct_stage_inputs(
         return _distinct_arrays(model, params, x, stages, cache_batch, stats_images, 0)
     # The training set (array 0) is every run's: stored once, the rest once per run.
     x_CxN = map_passes(lambda x_pass: x_pass, x, cache_batch)
-    per_run = jax.vmap(lambda p: _distinct_arrays(model, p, x, stages, cache_batch, stats_images, 1))(params)
+    per_run = map_runs(lambda p: _distinct_arrays(model, p, x, stages, cache_batch, stats_images, 1), (params,))
     return [x_CxN, *per_run]
 
 
