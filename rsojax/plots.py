@@ -21,21 +21,12 @@ def plot_curves(runs: dict[str, list[dict]], path: str, title: str = "", panels=
       path: the PNG file to write.
       panels: (record key for the x axis, axis label, "linear" or "log") per panel.
     """
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
-    axes = axes[0]
-    for ax, (key, label, scale) in zip(axes, panels):
+
+    def draw(ax, key):
         for name, records in runs.items():
             ax.plot([r[key] for r in records], [100 * r["test_accuracy"] for r in records], marker=".", label=name)
-        ax.set_xlabel(label)
-        ax.set_xscale(scale)
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+    _figure(draw, path, title, panels)
 
 
 def plot_runs(runs: dict[str, list[list[dict]]], path: str, title: str = "", panels=PANELS) -> None:
@@ -51,9 +42,8 @@ def plot_runs(runs: dict[str, list[list[dict]]], path: str, title: str = "", pan
       title: the figure's title.
       panels: (record key for the x axis, axis label, "linear" or "log") per panel.
     """
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
-    axes = axes[0]
-    for ax, (key, label, scale) in zip(axes, panels):
+
+    def draw(ax, key):
         for i, (name, group) in enumerate(runs.items()):
             colour = f"C{i % 10}"
             for run in group:
@@ -62,6 +52,16 @@ def plot_runs(runs: dict[str, list[list[dict]]], path: str, title: str = "", pan
             mean = [100 * sum(run[j]["test_accuracy"] for run in group) / len(group) for j in range(n)]
             ax.plot([r[key] for r in group[0][:n]], mean, color=colour, lw=2.2, marker=".",
                     label=f"{name + ': ' if name else ''}mean of {len(group)} run(s)")
+
+    _figure(draw, path, title, panels)
+
+
+def _figure(draw, path: str, title: str, panels) -> None:
+    """A PNG of test accuracy with a panel per x axis; `draw(ax, key)` draws a panel's lines."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    axes = axes[0]
+    for ax, (key, label, scale) in zip(axes, panels):
+        draw(ax, key)
         ax.set_xlabel(label)
         ax.set_xscale(scale)
         ax.set_ylabel("test accuracy (%)")
