@@ -52,11 +52,12 @@ def alone(rso, k):
     "evaluator, granularity",
     [("incremental", "weight"), ("cached", "neuron")],
 )
-def test_each_run_takes_the_decisions_it_takes_alone(evaluator, granularity):
+def test_each_run_takes_the_decisions_it_takes_alone(evaluator, granularity, monkeypatch):
     """float64: every weight of every run gets the single run's value after a cycle in chunks
-    (so each chunk's context is prepared from the runs' own state). Up to rounding: XLA may
-    contract w' + dw into one fused multiply-add in one program and not in the other; a
-    different decision would move the weight by a whole dw."""
+    (so each chunk's context is prepared from the runs' own state), with the runs computed
+    one at a time (as on CPUs) and, for Incremental, batched (as on GPUs and TPUs). Up to
+    rounding: XLA may contract w' + dw into one fused multiply-add in one program and not in
+    the other; a different decision would move the weight by a whole dw."""
     model, data, params = problem()
     # One single-run program serves both runs (they differ in their seeds); the swept
     # hyperparameters reach each run as `test_runs_use_the_constants_a_single_run_compiles` and
@@ -64,16 +65,22 @@ def test_each_run_takes_the_decisions_it_takes_alone(evaluator, granularity):
     layers = LAYERS if evaluator == "incremental" else LAYERS[:2]
     config = rsojax.RSOConfig(batch_size=16, cycles=3, granularity=granularity)
     rso = rsojax.RSO(rsojax.EVALUATORS[evaluator](model), layers, config)
-    state = rso.init_runs(stacked(params), keys(), data)
-    assert state.runs == len(SEEDS)
-    state, metrics = rso.cycle(state, data, chunk_size=40)
-    for k, seed in enumerate(SEEDS):
-        expected, expected_metrics = rso.cycle(rso.init(params[k], jax.random.key(seed), data), data, chunk_size=40)
-        for path in layers:
-            got, want = rsojax.get_leaf(state.params, path)[k], rsojax.get_leaf(expected.params, path)
-            np.testing.assert_allclose(got, want, rtol=1e-12, atol=0, err_msg=f"run {k}, {path}")
-        assert [int(m.accepted[k]) for _, m in metrics] == [int(m.accepted) for _, m in expected_metrics]
-    assert all(int(m.accepted.min()) > 0 for _, m in metrics)  # every run moved on every layer
+    expected = [rso.cycle(rso.init(params[k], jax.random.key(seed), data), data, chunk_size=40) for k, seed in enumerate(SEEDS)]
+    for batched in (False, True) if evaluator == "incremental" else (False,):
+        with monkeypatch.context() as patch:
+            if batched:
+                patch.setattr(rsojax.rso, "one_at_a_time_on_cpu", lambda: False)
+                patch.setattr(rsojax.runs, "one_at_a_time_on_cpu", lambda: False)
+            runs = rsojax.RSO(rso.evaluator, layers, config)  # its own compiled sweeps
+            state = runs.init_runs(stacked(params), keys(), data)
+            assert state.runs == len(SEEDS)
+            state, metrics = runs.cycle(state, data, chunk_size=40)
+        for k, (want_state, want_metrics) in enumerate(expected):
+            for path in layers:
+                got, want = rsojax.get_leaf(state.params, path)[k], rsojax.get_leaf(want_state.params, path)
+                np.testing.assert_allclose(got, want, rtol=1e-12, atol=0, err_msg=f"batched={batched}, run {k}, {path}")
+            assert [int(m.accepted[k]) for _, m in metrics] == [int(m.accepted) for _, m in want_metrics]
+        assert all(int(m.accepted.min()) > 0 for _, m in metrics)  # every run moved on every layer
 
 
 def test_runs_use_the_constants_a_single_run_compiles():
