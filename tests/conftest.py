@@ -106,6 +106,21 @@ def small_mlp():
 
 
 @contextlib.contextmanager
+def runs_batched_as_on_gpus():
+    """Several runs batched by `jax.vmap` as on GPUs and TPUs, where CPUs compute them one at a
+    time (`rsojax.runs`). jax's trace caches are cleared on the way in and out: the jitted
+    caching passes are module functions, which would keep the program traced the other way."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rsojax.rso, "one_at_a_time_on_cpu", lambda: False)
+        patch.setattr(rsojax.runs, "one_at_a_time_on_cpu", lambda: False)
+        jax.clear_caches()
+        try:
+            yield
+        finally:
+            jax.clear_caches()
+
+
+@contextlib.contextmanager
 def mock_tfds(data_dir, name, n=96):
     """TFDS `name` replaced by `tfds.testing.mock_data` (random images, the real metadata).
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import runs_batched_as_on_gpus
 
 import rsojax
 from rsojax.conv_kernel import conv3x3_pallas, conv3x3_xla
@@ -191,18 +192,17 @@ def test_rso_takes_the_same_decisions():
     np.testing.assert_allclose(float(m_pallas.loss_after), float(m_xla.loss_after), rtol=1e-12)
 
 
-def test_runs_batched_through_the_kernel_decide_as_alone(monkeypatch):
+def test_runs_batched_through_the_kernel_decide_as_alone():
     """Two runs batched as on a GPU, so that the kernel is mapped over the runs and over the
     candidates, float64: each run ends with the parameters of its XLA single run."""
-    monkeypatch.setattr(rsojax.rso, "one_at_a_time_on_cpu", lambda: False)  # CPUs map runs in turn
-    monkeypatch.setattr(rsojax.runs, "one_at_a_time_on_cpu", lambda: False)
     x = inputs((24, 8, 8, 16), 1, jnp.float64)[0]
     y = jnp.asarray(np.random.default_rng(1).integers(0, 10, 24))
     params = [init(tiny_net("xla"), x, seed=s) for s in (0, 1)]
     path, config = "stages_0/Conv_0/kernel", rsojax.RSOConfig(batch_size=8, sigma_scale=4.0)
-    runs = rsojax.RSO(Incremental(tiny_net("pallas")), [path], config)
-    state = runs.init_runs(jax.tree.map(lambda *a: jnp.stack(a), *params), jnp.stack([jax.random.key(3), jax.random.key(4)]), (x, y))
-    state, metrics = runs.sweep(state, runs.prepare(state, (x, y), path), path, 0, 12)
+    with runs_batched_as_on_gpus():
+        runs = rsojax.RSO(Incremental(tiny_net("pallas")), [path], config)
+        state = runs.init_runs(jax.tree.map(lambda *a: jnp.stack(a), *params), jnp.stack([jax.random.key(3), jax.random.key(4)]), (x, y))
+        state, metrics = runs.sweep(state, runs.prepare(state, (x, y), path), path, 0, 12)
     alone = rsojax.RSO(Incremental(tiny_net("xla")), [path], config)
     for k, seed in enumerate((3, 4)):
         want = alone.init(params[k], jax.random.key(seed), (x, y))

@@ -94,14 +94,19 @@ def test_readme_links_resolve(site):
             assert anchor in ids, f"README links to {link}: no heading #{anchor} in {target}"
 
 
-def test_figure_is_drawn_from_its_data(tmp_path):
-    """experiments/figures.py draws a PNG from the recorded data, and refuses a series whose
-    points do not pair up, naming it."""
+def figures_module():
     sys.path.insert(0, os.path.join(ROOT, "experiments"))
     try:
         import figures
     finally:
         sys.path.pop(0)
+    return figures
+
+
+def test_figure_is_drawn_from_its_data(tmp_path):
+    """experiments/figures.py draws a PNG from the recorded data, and refuses a series whose
+    points do not pair up, naming it."""
+    figures = figures_module()
     out = tmp_path / "figure.png"
     figures.main(["--out", str(out)])
     with open(out, "rb") as f:
@@ -114,3 +119,37 @@ def test_figure_is_drawn_from_its_data(tmp_path):
     bad.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=re.escape(data["series"][0]["label"])):
         figures.load_series(str(bad))
+
+
+def test_runs_figure_collects_each_arms_runs_from_its_workdir(tmp_path, monkeypatch):
+    """`figures.py --collect` keeps each arm's runs of its workdir's summary.json that match its
+    `where` (a value or a list), writes them into the data file, and draws them; an arm whose
+    workdir holds no summary or none of its runs is refused, naming the arm."""
+    figures = figures_module()
+    runs = [{"run": k, "seed": k % 2, "init_seed": 420, "sigma_scale": s, "test_accuracy": 0.5 + k / 100,
+             "best_test_accuracy": 0.6, "params_sha256": "0" * 64} for k, s in enumerate((0.5, 0.5, 2.0, 2.0))]
+    (tmp_path / "runs" / "sweep").mkdir(parents=True)
+    (tmp_path / "runs" / "sweep" / "summary.json").write_text(json.dumps(
+        {"runs": runs, "device": "cpu:0", "jax_version": "0.10.2", "precision": "float32"}))
+    arms = [{"label": "0.5", "workdir": "runs/sweep", "where": {"sigma_scale": 0.5}},
+            {"label": "2, seed 1", "workdir": "runs/sweep", "where": {"sigma_scale": 2.0, "seed": [1, 3]}}]
+    data = tmp_path / "runs.json"
+    data.write_text(json.dumps({"title": "t", "panels": [{"title": "sigma_scale", "commands": "c", "arms": arms}]}))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs.png"
+    figures.main(["--data", str(data), "--out", str(out), "--collect"])
+    with open(out, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(data) as f:
+        collected = json.load(f)["panels"][0]["arms"]
+    assert [[r["run"] for r in arm["runs"]] for arm in collected] == [[0, 1], [3]]
+    assert collected[0]["source"] == {"device": "cpu:0", "jax_version": "0.10.2", "precision": "float32"}
+    assert "params_sha256" not in collected[0]["runs"][0]
+    figures.main(["--data", str(data), "--out", str(out)])  # from the file alone
+
+    arms[1]["where"] = {"sigma_scale": 1.0}
+    with pytest.raises(ValueError, match="arm '2, seed 1': no run of .* has"):
+        figures.collect({"panels": [{"title": "p", "commands": "c", "arms": arms}]}, str(tmp_path))
+    arms[1]["workdir"] = "runs/missing"
+    with pytest.raises(ValueError, match="arm '2, seed 1': no .*missing/summary.json: train its runs first"):
+        figures.collect({"panels": [{"title": "p", "commands": "c", "arms": arms}]}, str(tmp_path))

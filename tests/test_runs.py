@@ -3,6 +3,7 @@
 The single run is checked against literal references elsewhere (`test_rso.py`,
 `test_evaluators.py`); here each run of a K-run program is compared with that single run."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -13,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import init_params, random_data
+from conftest import init_params, random_data, runs_batched_as_on_gpus
 
 import rsojax
 from rsojax.rso import candidate_values
@@ -52,7 +53,7 @@ def alone(rso, k):
     "evaluator, granularity",
     [("incremental", "weight"), ("cached", "neuron")],
 )
-def test_each_run_takes_the_decisions_it_takes_alone(evaluator, granularity, monkeypatch):
+def test_each_run_takes_the_decisions_it_takes_alone(evaluator, granularity):
     """float64: every weight of every run gets the single run's value after a cycle in chunks
     (so each chunk's context is prepared from the runs' own state), with the runs computed
     one at a time (as on CPUs) and, for Incremental, batched (as on GPUs and TPUs). Up to
@@ -67,10 +68,7 @@ def test_each_run_takes_the_decisions_it_takes_alone(evaluator, granularity, mon
     rso = rsojax.RSO(rsojax.EVALUATORS[evaluator](model), layers, config)
     expected = [rso.cycle(rso.init(params[k], jax.random.key(seed), data), data, chunk_size=40) for k, seed in enumerate(SEEDS)]
     for batched in (False, True) if evaluator == "incremental" else (False,):
-        with monkeypatch.context() as patch:
-            if batched:
-                patch.setattr(rsojax.rso, "one_at_a_time_on_cpu", lambda: False)
-                patch.setattr(rsojax.runs, "one_at_a_time_on_cpu", lambda: False)
+        with runs_batched_as_on_gpus() if batched else contextlib.nullcontext():
             runs = rsojax.RSO(rso.evaluator, layers, config)  # its own compiled sweeps
             state = runs.init_runs(stacked(params), keys(), data)
             assert state.runs == len(SEEDS)
