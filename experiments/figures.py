@@ -126,7 +126,7 @@ def draw_panels(data: dict, out: str) -> None:
                         ax.plot([i - 1, i], [100 * before[r.get("seed"), r.get("init_seed")], 100 * r["test_accuracy"]],
                                 color="gray", alpha=0.35, linewidth=0.8)
         ax.set_xticks(range(len(arms)), [a["label"] for a in arms])
-        ax.set_xlim(-0.5, len(arms) - 0.2)
+        ax.set_xlim(-0.5, len(arms) - 0.05)  # room for the last arm's mean on its right
         ax.set_title(panel["title"], fontsize=10)
         ax.grid(alpha=0.3, axis="y")
     axes[0][0].set_ylabel("test accuracy (%)")
