@@ -30,6 +30,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rsojax.records import spread  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STYLES = {"run": {"marker": "o", "markersize": 3.5, "linestyle": "-"}, "reported": {"marker": "*", "markersize": 11, "linestyle": "none"}}
 
@@ -114,8 +116,7 @@ def draw_panels(data: dict, out: str) -> None:
             if not arm.get("runs"):
                 raise ValueError(f"arm {arm['label']!r} has no runs: --collect them from {arm['workdir']}")
             acc = [100 * r["test_accuracy"] for r in arm["runs"]]
-            mean = sum(acc) / len(acc)
-            std = (sum((a - mean) ** 2 for a in acc) / (len(acc) - 1)) ** 0.5 if len(acc) > 1 else 0.0
+            mean, std = (spread(acc)[k] for k in ("mean", "std"))
             ax.plot([i] * len(acc), acc, "o", color="tab:blue", alpha=0.6, markersize=5)
             ax.errorbar(i + 0.18, mean, yerr=std, fmt="s", color="black", capsize=4, markersize=5)
             ax.annotate(f"{mean:.2f} ± {std:.2f}", (i + 0.26, mean), fontsize=8, va="center")
