@@ -44,7 +44,7 @@ from rsojax.layer_order import check_layers, get_leaf, weight_order
 from rsojax.parallel import GRANULARITIES, parallel_sweep
 from rsojax.perturbation import PERTURBATIONS, draw_dw
 from rsojax.precision import PRECISIONS, check_precision, precision_scope
-from rsojax.runs import one_at_a_time_on_cpu, per_run
+from rsojax.runs import per_run
 from rsojax.sampling import batch_at, block_permutation
 from rsojax.schedule import anneal, layer_sigma
 from rsojax.sharding import RUNS, by_runs, check_batch, place_runs, replicate, replicated, run_groups, shard_batch
@@ -660,7 +660,7 @@ class RSO:
         """
         return state.hypers.get("weight_keep", 1.0 - self.config.weight_decay)
 
-    def _sweep_impl(self, state: RSOState, ctx, start, stop, *, path: str, one_at_a_time: bool = False):
+    def _sweep_impl(self, state: RSOState, ctx, start, stop, *, path: str, runs: bool = False):
         cfg = self.config
         order, dw, batch = self.draws(state, path)
         zeros = SweepMetrics.zeros(get_leaf(state.params, path).dtype)
@@ -673,7 +673,7 @@ class RSO:
 
         # A traced factor is an argument: what `per_run` maps may not close over a run's value.
         keep_arg = (keep,) if isinstance(keep, jax.Array) else ()
-        if one_at_a_time:  # several runs, whose candidates `rsojax.runs` computes in turn
+        if runs and cfg.granularity == "weight":  # on CPUs, the runs' candidates one run at a time
             search = per_run(search)
 
         if cfg.granularity != "weight":
@@ -697,11 +697,8 @@ class RSO:
     def _sweep_runs_impl(self, state: RSOState, ctx: RunsContext, start, stop, *, path: str):
         """`_sweep_impl` mapped over the runs; the context's shared leaves are not mapped."""
 
-        # On CPUs the runs' candidate losses are computed one run at a time (`rsojax.runs`).
-        one_at_a_time = one_at_a_time_on_cpu() and self.config.granularity == "weight"
-
         def one(state, batched, shared):
-            return self._sweep_impl(state, ctx.ctx(batched, shared), start, stop, path=path, one_at_a_time=one_at_a_time)
+            return self._sweep_impl(state, ctx.ctx(batched, shared), start, stop, path=path, runs=True)
 
         # With a 'runs' mesh axis, the run axis of everything inside (the batch's sharding
         # constraint included) is split over it.

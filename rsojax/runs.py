@@ -33,10 +33,13 @@ def map_runs(fn, batched: tuple, shared: tuple = ()):
 
 
 def per_run(fn):
-    """`fn`, which `jax.vmap` maps one element at a time (`lax.map`): the arguments that carry
-    the mapped axis are mapped, the others passed to each call as they are (not copied). For
-    functions that are never differentiated (custom batching has no autodiff rule).
+    """`fn` of one run, for `jax.vmap` to map over the runs: on CPUs one run at a time
+    (`lax.map`: the arguments that carry the mapped axis are mapped, the others passed to each
+    call as they are, not copied); elsewhere `fn` itself, batched. For functions that are never
+    differentiated (custom batching has no autodiff rule).
     """
+    if not one_at_a_time_on_cpu():
+        return fn
 
     @jax.custom_batching.custom_vmap
     def wrapped(*args):

@@ -111,7 +111,6 @@ def runs_batched_as_on_gpus():
     time (`rsojax.runs`). jax's trace caches are cleared on the way in and out: the jitted
     caching passes are module functions, which would keep the program traced the other way."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(rsojax.rso, "one_at_a_time_on_cpu", lambda: False)
         patch.setattr(rsojax.runs, "one_at_a_time_on_cpu", lambda: False)
         jax.clear_caches()
         try:
