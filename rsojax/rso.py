@@ -330,6 +330,9 @@ class RSO:
         self._sweep = jax.jit(self._sweep_impl, static_argnames=("path",), **placed)
         placed_runs = {} if mesh is None else {"out_shardings": by_runs(mesh)}
         self._sweep_runs = jax.jit(self._sweep_runs_impl, static_argnames=("path",), **placed_runs)
+        # The shuffle is a program of its own, passed to the sweeps: its sorts would otherwise
+        # be compiled into every layer's sweep again (a third of a small sweep's compile time).
+        self._permutation = jax.jit(self._permutation_impl, static_argnames=("path",))
 
     def init(self, params, key: jax.Array, data) -> RSOState:
         """The state before the first cycle.
@@ -516,7 +519,8 @@ class RSO:
             less than the whole layer.
         """
         with precision_scope(self.config.precision):
-            return self._sweeper(state)(state, ctx, *self._range(state, path, start, stop), path=path)
+            perm_N = self._permutation(state, path=path)
+            return self._sweeper(state)(state, ctx, perm_N, *self._range(state, path, start, stop), path=path)
 
     def lower(self, state: RSOState, ctx, path: str, start: int = 0, stop: int | None = None) -> jax.stages.Lowered:
         """The sweep `sweep` would run, lowered (to inspect its HLO).
@@ -532,7 +536,8 @@ class RSO:
           The lowered computation, as `jax.jit(...).lower` gives it.
         """
         with precision_scope(self.config.precision):
-            return self._sweeper(state).lower(state, ctx, *self._range(state, path, start, stop), path=path)
+            perm_N = self._permutation(state, path=path)
+            return self._sweeper(state).lower(state, ctx, perm_N, *self._range(state, path, start, stop), path=path)
 
     def _sweeper(self, state):
         return self._sweep if state.runs is None else self._sweep_runs
@@ -619,13 +624,33 @@ class RSO:
             metrics = metrics + m
         return state, metrics, ctx
 
-    def draws(self, state: RSOState, path: str) -> tuple:
+    def permutation(self, state: RSOState, path: str) -> jax.Array:
+        """The shuffle of the training set that a layer's minibatches are cut from this cycle
+        (`rsojax.sampling.block_permutation`: one per block of layers).
+
+        Args:
+          state: the state (its data key and cycle; with several runs, one shuffle per run).
+          path: the layer.
+
+        Returns:
+          int32 example indices, `(n_examples,)`, or `(runs, n_examples)`.
+        """
+        return self._permutation(state, path=path)
+
+    def _permutation_impl(self, state: RSOState, path: str) -> jax.Array:
+        def one(data_key, cycle):
+            return block_permutation(data_key, cycle, self.blocks[self.layers.index(path)], state.n_examples)
+
+        return one(state.data_key, state.cycle) if state.runs is None else jax.vmap(one)(state.data_key, state.cycle)
+
+    def draws(self, state: RSOState, path: str, perm_N: jax.Array | None = None) -> tuple:
         """What RSO draws for a layer this cycle, keyed by visit position, so every
         granularity (and `rsojax.diagnostics`) gives a weight the same draws.
 
         Args:
           state: the state (its keys, cycle and sigmas).
           path: the layer.
+          perm_N: the layer's `permutation` (None: computed here).
 
         Returns:
           `(order, dw, batch)`: the visit order (row-major flat indices), and functions of a
@@ -639,7 +664,8 @@ class RSO:
         sigma = state.sigmas[path] * anneal(state.cycle, cfg.cycles, *floor).astype(leaf.dtype)
         layer = self.layers.index(path)
         layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), layer)
-        perm_N = block_permutation(state.data_key, state.cycle, self.blocks[layer], state.n_examples)
+        if perm_N is None:
+            perm_N = block_permutation(state.data_key, state.cycle, self.blocks[layer], state.n_examples)
 
         def dw(i):
             return draw_dw(cfg.perturbation, jax.random.fold_in(layer_key, i), sigma, leaf.dtype)
@@ -660,9 +686,9 @@ class RSO:
         """
         return state.hypers.get("weight_keep", 1.0 - self.config.weight_decay)
 
-    def _sweep_impl(self, state: RSOState, ctx, start, stop, *, path: str, runs: bool = False):
+    def _sweep_impl(self, state: RSOState, ctx, perm_N, start, stop, *, path: str, runs: bool = False):
         cfg = self.config
-        order, dw, batch = self.draws(state, path)
+        order, dw, batch = self.draws(state, path, perm_N)
         zeros = SweepMetrics.zeros(get_leaf(state.params, path).dtype)
 
         keep = self.weight_keep(state)
@@ -694,16 +720,16 @@ class RSO:
         params, _, metrics = jax.lax.fori_loop(start, stop, visit, carry)
         return state.replace(params=params), metrics
 
-    def _sweep_runs_impl(self, state: RSOState, ctx: RunsContext, start, stop, *, path: str):
+    def _sweep_runs_impl(self, state: RSOState, ctx: RunsContext, perm_N, start, stop, *, path: str):
         """`_sweep_impl` mapped over the runs; the context's shared leaves are not mapped."""
 
-        def one(state, batched, shared):
-            return self._sweep_impl(state, ctx.ctx(batched, shared), start, stop, path=path, runs=True)
+        def one(state, batched, shared, perm_N):
+            return self._sweep_impl(state, ctx.ctx(batched, shared), perm_N, start, stop, path=path, runs=True)
 
         # With a 'runs' mesh axis, the run axis of everything inside (the batch's sharding
         # constraint included) is split over it.
         spmd = RUNS if run_groups(self.mesh) > 1 else None
-        return jax.vmap(one, in_axes=(0, 0, None), spmd_axis_name=spmd)(state, ctx.batched, ctx.shared)
+        return jax.vmap(one, in_axes=(0, 0, None, 0), spmd_axis_name=spmd)(state, ctx.batched, ctx.shared, perm_N)
 
 
 def candidate_values(w, dw, keep) -> jax.Array:
