@@ -103,7 +103,8 @@ print(json.dumps({"results": results, "errors": errors() if args.get("errors") e
 
 
 def run_worker(payload: dict, devices: int = 4) -> subprocess.Popen:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", PYTHONPATH=ROOT)
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"  # conftest's too
+    env = dict(os.environ, XLA_FLAGS=flags.strip(), PYTHONPATH=ROOT)
     return subprocess.Popen(
         [sys.executable, "-c", WORKER, json.dumps(payload)],
         env=env,
