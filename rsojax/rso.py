@@ -665,7 +665,7 @@ class RSO:
         layer = self.layers.index(path)
         layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), layer)
         if perm_N is None:
-            perm_N = block_permutation(state.data_key, state.cycle, self.blocks[layer], state.n_examples)
+            perm_N = self._permutation_impl(state, path)
 
         def dw(i):
             return draw_dw(cfg.perturbation, jax.random.fold_in(layer_key, i), sigma, leaf.dtype)
