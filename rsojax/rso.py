@@ -267,6 +267,18 @@ def choose(losses_3: jax.Array) -> jax.Array:
     return jnp.where(finite.any(), best, -1)
 
 
+@functools.partial(jax.jit, static_argnames="n")
+def _block_shuffle(data_key, cycle, block, n: int) -> jax.Array:
+    """`block_permutation`, a program of its own that the sweeps take as an argument: its sorts
+    would otherwise be compiled into every layer's sweep again (a third of a small sweep's
+    compile time). The block is an argument, not a constant, so that one program per training
+    set size (and number of runs) serves every layer of every `RSO`. With several runs, the
+    keys and cycles have a leading runs axis and each run gets its own shuffle."""
+    if cycle.ndim:
+        return jax.vmap(block_permutation, in_axes=(0, 0, None, None))(data_key, cycle, block, n)
+    return block_permutation(data_key, cycle, block, n)
+
+
 def check_data(data, example_shape: tuple[int, ...] | None) -> int:
     """Validates `(x, y)`; returns the number of examples."""
     if not isinstance(data, tuple | list) or len(data) != 2:
@@ -330,9 +342,6 @@ class RSO:
         self._sweep = jax.jit(self._sweep_impl, static_argnames=("path",), **placed)
         placed_runs = {} if mesh is None else {"out_shardings": by_runs(mesh)}
         self._sweep_runs = jax.jit(self._sweep_runs_impl, static_argnames=("path",), **placed_runs)
-        # The shuffle is a program of its own, passed to the sweeps: its sorts would otherwise
-        # be compiled into every layer's sweep again (a third of a small sweep's compile time).
-        self._permutation = jax.jit(self._permutation_impl, static_argnames=("path",))
 
     def init(self, params, key: jax.Array, data) -> RSOState:
         """The state before the first cycle.
@@ -519,7 +528,7 @@ class RSO:
             less than the whole layer.
         """
         with precision_scope(self.config.precision):
-            perm_N = self._permutation(state, path=path)
+            perm_N = self.permutation(state, path)
             return self._sweeper(state)(state, ctx, perm_N, *self._range(state, path, start, stop), path=path)
 
     def lower(self, state: RSOState, ctx, path: str, start: int = 0, stop: int | None = None) -> jax.stages.Lowered:
@@ -536,7 +545,7 @@ class RSO:
           The lowered computation, as `jax.jit(...).lower` gives it.
         """
         with precision_scope(self.config.precision):
-            perm_N = self._permutation(state, path=path)
+            perm_N = self.permutation(state, path)
             return self._sweeper(state).lower(state, ctx, perm_N, *self._range(state, path, start, stop), path=path)
 
     def _sweeper(self, state):
@@ -635,13 +644,8 @@ class RSO:
         Returns:
           int32 example indices, `(n_examples,)`, or `(runs, n_examples)`.
         """
-        return self._permutation(state, path=path)
-
-    def _permutation_impl(self, state: RSOState, path: str) -> jax.Array:
-        def one(data_key, cycle):
-            return block_permutation(data_key, cycle, self.blocks[self.layers.index(path)], state.n_examples)
-
-        return one(state.data_key, state.cycle) if state.runs is None else jax.vmap(one)(state.data_key, state.cycle)
+        block = jnp.int32(self.blocks[self.layers.index(path)])
+        return _block_shuffle(state.data_key, state.cycle, block, state.n_examples)
 
     def draws(self, state: RSOState, path: str, perm_N: jax.Array | None = None) -> tuple:
         """What RSO draws for a layer this cycle, keyed by visit position, so every
@@ -665,7 +669,7 @@ class RSO:
         layer = self.layers.index(path)
         layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), layer)
         if perm_N is None:
-            perm_N = self._permutation_impl(state, path)
+            perm_N = self.permutation(state, path)
 
         def dw(i):
             return draw_dw(cfg.perturbation, jax.random.fold_in(layer_key, i), sigma, leaf.dtype)
