@@ -45,6 +45,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 import contextlib  # noqa: E402
+import fcntl  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 
@@ -183,10 +184,27 @@ def write_npz(path, n=96, **arrays):
     return str(path)
 
 
+def once_per_session(tmp_path_factory, name: str, make) -> str:
+    """`make(folder)` for the whole session: the first pytest-xdist worker that asks runs it,
+    in a folder that every worker shares; the others wait for it to finish and share the
+    folder. A folder that a failed `make` left half-written is made again."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: <session>/popen-gwN
+    folder = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (folder / ".done").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            (folder / ".done").touch()
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def mnist_npz(tmp_path_factory):
-    """A small MNIST-like .npz file, 96 images per split."""
-    return write_npz(tmp_path_factory.mktemp("data") / "mnist.npz")
+    """A small MNIST-like .npz file, 96 images per split (one file for all workers)."""
+    return os.path.join(once_per_session(tmp_path_factory, "data", lambda d: write_npz(d / "mnist.npz")), "mnist.npz")
 
 
 # The command-line runs of the tests: 2 cycles (or epochs) on 64 images, 2 channels.
@@ -200,11 +218,14 @@ def tiny_argv(data, workdir, optimizer="rso", *more):
 @pytest.fixture(scope="session")
 def compared(mnist_npz, tmp_path_factory):
     """experiments/compare.py on `mnist_npz`: RSO and SGD, the runs that the tests of the command
-    lines read and compare resumed runs with, with TensorBoard event files; returns its workdir."""
-    workdir = tmp_path_factory.mktemp("compare")
-    script("compare").main([*TINY[:2], "--train_subset", "64", "--rso_batch_size", "16", "--sgd_batch_size", "16",
-                            *TINY[4:], "--data", mnist_npz, "--workdir", str(workdir), "--tensorboard"])
-    return str(workdir)
+    lines read and compare resumed runs with, with TensorBoard event files; returns its workdir
+    (one run for all workers: the tests only read it, or check that a command leaves it as it is)."""
+
+    def run(workdir):
+        script("compare").main([*TINY[:2], "--train_subset", "64", "--rso_batch_size", "16", "--sgd_batch_size", "16",
+                                *TINY[4:], "--data", mnist_npz, "--workdir", str(workdir), "--tensorboard"])
+
+    return once_per_session(tmp_path_factory, "compare", run)
 
 
 def comparable(workdir):
@@ -227,3 +248,21 @@ def execute_notebook(name: str) -> str:
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the plot
     return "".join(o.get("text", "") for o in outputs)
+
+
+def mnist_dir() -> str:
+    """The TFDS data directory of the real MNIST (the quickstart's), relative to the repository
+    as the README sets it.
+
+    A directory someone named (`TFDS_DATA_DIR`, which .ci/run always sets) or a CI run (`CI`)
+    must hold MNIST: its absence fails the test instead of skipping it unnoticed. Only the
+    default `../shared` of a clone elsewhere may be absent: an explicit skip, listed by `-ra`.
+    """
+    data_dir = os.environ.get("TFDS_DATA_DIR", os.path.join("..", "shared", "tensorflow_datasets"))
+    path = os.path.join(ROOT, data_dir)
+    if not os.path.isdir(os.path.join(path, "mnist")):
+        message = f"no TFDS MNIST in {path}: set TFDS_DATA_DIR (relative to the repository) to a folder holding mnist/"
+        if "TFDS_DATA_DIR" in os.environ or os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return data_dir
