@@ -100,11 +100,15 @@ def load(name: str, data_dir: str | None = None, train_subset: int = 0, download
         ) from None
     tf.config.set_visible_devices([], "GPU")  # TF only reads files; the accelerators are JAX's
     data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+    _check_subset(train_subset)
+    train = f"train[:{train_subset}]" if train_subset else "train"  # TFDS reads only the images kept
     try:
         splits = tfds.load(
-            source.name, split=["train", "test"], batch_size=-1, as_supervised=True, data_dir=data_dir, download=download
+            source.name, split=[train, "test"], batch_size=-1, as_supervised=True, data_dir=data_dir, download=download
         )
     except Exception as e:  # TFDS signals missing data with AssertionError or DatasetNotFoundError
+        if train_subset and "incompatible with" in str(e):  # TFDS: "Requested slice [:N] incompatible with M examples."
+            raise ValueError(f"train_subset: {train_subset} is larger than the training split ({e})") from None
         where = data_dir or "TFDS's default data directory"
         if download:
             raise FileNotFoundError(f"data_dir: {source.title} could not be downloaded into {where} ({e})") from None
@@ -173,6 +177,12 @@ def load_npz(path: str, train_subset: int = 0, per_channel_mean: bool = False) -
     return preprocess(*(arrays[k] for k in NPZ_KEYS), train_subset, per_channel_mean)
 
 
+def _check_subset(train_subset):
+    """Raises ValueError unless `train_subset` is a non-negative integer (0: all images)."""
+    if not isinstance(train_subset, int | np.integer) or isinstance(train_subset, bool) or train_subset < 0:
+        raise ValueError(f"train_subset: expected a non-negative integer (0 = all), got {train_subset!r}")
+
+
 def preprocess(x_train, y_train, x_test, y_test, train_subset: int = 0, per_channel_mean: bool = False) -> Dataset:
     """The reference code's preprocessing; keeps the first `train_subset` training images.
 
@@ -187,8 +197,7 @@ def preprocess(x_train, y_train, x_test, y_test, train_subset: int = 0, per_chan
         names the argument or array).
     """
     n = len(x_train)
-    if not isinstance(train_subset, int | np.integer) or isinstance(train_subset, bool) or train_subset < 0:
-        raise ValueError(f"train_subset: expected a non-negative integer (0 = all), got {train_subset!r}")
+    _check_subset(train_subset)
     if train_subset > n:
         raise ValueError(f"train_subset: {train_subset} is larger than the training split ({n} images)")
     if train_subset:

@@ -1,5 +1,8 @@
+import os
+
 import numpy as np
 import pytest
+from conftest import ROOT, mnist_dir
 
 from rsojax.data import load_mnist, load_npz, preprocess
 
@@ -11,6 +14,17 @@ def test_load_mnist_through_tfds(mock_mnist):
     assert abs(float(data.x_train.mean())) < 1e-3  # training mean subtracted (in float16)
     assert float(data.x_train.max() - data.x_train.min()) <= 1.0
     assert load_mnist(mock_mnist, train_subset=10).x_train.shape[0] == 10
+
+
+def test_train_subset_reads_the_first_images_of_real_mnist():
+    """TFDS reads only the images kept, the first of the split as a whole read gives them
+    (their labels, from TFDS MNIST 3.0.1's training split read whole); a subset larger than
+    the split is refused as such, not as missing data."""
+    data_dir = os.path.join(ROOT, mnist_dir())
+    data = load_mnist(data_dir, train_subset=12)
+    assert data.y_train.tolist() == [4, 1, 0, 7, 8, 1, 2, 7, 1, 6, 6, 4] and data.x_test.shape == (10_000, 28, 28, 1)
+    with pytest.raises(ValueError, match="train_subset: 60001 is larger than the training split"):
+        load_mnist(data_dir, train_subset=60_001)
 
 
 def test_data_dir_from_environment(mock_mnist, monkeypatch):
