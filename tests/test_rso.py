@@ -75,7 +75,7 @@ def reference_sweep(loss_fn, rso, state, data, path, unit=unit_normal, threads=N
     1: w'+dw, 2: w'-dw, -1: unchanged because no loss was finite).
     """
     cfg = rso.config
-    x, y = data
+    x, y = (np.asarray(a) for a in data)  # host arrays: each minibatch is a NumPy gather
     params = state.params
     leaf = np.array(rsojax.get_leaf(params, path), dtype=np.float64)
     sigma = float(state.sigmas[path]) * float(anneal(state.cycle, cfg.cycles, cfg.anneal_floor))
