@@ -55,12 +55,12 @@ def candidates(rso: RSO, state: RSOState, data, path: str, positions) -> tuple[j
     if positions_P.size and not 0 <= positions_P.min() <= positions_P.max() < n:
         raise ValueError(f"positions: expected visit positions in 0..{n - 1} of {path}, got {positions_P.tolist()}")
     with precision_scope(rso.config.precision):
-        return _candidates(rso, state, ctx, rso.permutation(state, path), jnp.asarray(positions_P), path)
+        return _candidates(rso, state, ctx, rso.layer_draws(state, path), jnp.asarray(positions_P), path)
 
 
 @functools.partial(jax.jit, static_argnames=("rso", "path"))
-def _candidates(rso: RSO, state: RSOState, ctx, perm_N, positions_P, path: str):
-    order, dw, batch = rso.draws(state, path, perm_N)  # the engine's own draws
+def _candidates(rso: RSO, state: RSOState, ctx, draws, positions_P, path: str):
+    order, dw, batch = rso.draws(state, path, draws)  # the engine's own draws
     flat = get_leaf(state.params, path).ravel()
 
     def one(i):

@@ -8,7 +8,6 @@ sigma_d; `RSOConfig.perturbation` selects one by its key in `PERTURBATIONS`.
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 
 # name -> unit draw (key, dtype) -> scalar; dw = sigma_d * draw.
 PERTURBATIONS: dict[str, Callable] = {
@@ -16,8 +15,3 @@ PERTURBATIONS: dict[str, Callable] = {
     "uniform": lambda key, dtype: jax.random.uniform(key, (), dtype, -2.0, 2.0),
     "ternary": lambda key, dtype: jax.random.randint(key, (), -1, 2).astype(dtype),
 }
-
-
-def draw_dw(kind: str, key: jax.Array, sigma: jax.Array, dtype) -> jax.Array:
-    """One perturbation dw = sigma * u, u from the unit distribution `kind` of `PERTURBATIONS`."""
-    return jnp.asarray(sigma, dtype) * PERTURBATIONS[kind](key, dtype)

@@ -32,7 +32,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -42,7 +42,7 @@ import numpy as np
 from rsojax.evaluators.base import Evaluator, with_weight
 from rsojax.layer_order import check_layers, get_leaf, weight_order
 from rsojax.parallel import GRANULARITIES, parallel_sweep
-from rsojax.perturbation import PERTURBATIONS, draw_dw
+from rsojax.perturbation import PERTURBATIONS
 from rsojax.precision import PRECISIONS, check_precision, precision_scope
 from rsojax.runs import per_run
 from rsojax.sampling import batch_at, block_permutation
@@ -267,16 +267,47 @@ def choose(losses_3: jax.Array) -> jax.Array:
     return jnp.where(finite.any(), best, -1)
 
 
+class LayerDraws(NamedTuple):
+    """What RSO draws for a layer in a cycle, computed by programs of their own that the
+    layer's sweeps take as an argument (`RSO.layer_draws`); with several runs, each array has
+    a leading runs axis.
+
+    Attributes:
+      perm_N: int32[n_examples], the shuffle of the training set the minibatches are cut from
+        (`rsojax.sampling.block_permutation`: one per block of layers).
+      unit_P: the unit draw of the perturbation at each visit position of the layer, in the
+        leaf's dtype: dw = sigma * unit_P[i] (`rsojax.perturbation.PERTURBATIONS`).
+    """
+
+    perm_N: jax.Array
+    unit_P: jax.Array
+
+
+# The draws are not compiled into every layer's sweep: the shuffle's sorts, and the draws' hash
+# and inverse error function, were about half of a small sweep's compile time. The layer and
+# block are arguments, not constants, so that one program per size serves every layer of
+# every `RSO`.
+
+
 @functools.partial(jax.jit, static_argnames="n")
 def _block_shuffle(data_key, cycle, block, n: int) -> jax.Array:
-    """`block_permutation`, a program of its own that the sweeps take as an argument: its sorts
-    would otherwise be compiled into every layer's sweep again (a third of a small sweep's
-    compile time). The block is an argument, not a constant, so that one program per training
-    set size (and number of runs) serves every layer of every `RSO`. With several runs, the
-    keys and cycles have a leading runs axis and each run gets its own shuffle."""
+    """`block_permutation`; with several runs (a leading runs axis), one shuffle per run."""
     if cycle.ndim:
         return jax.vmap(block_permutation, in_axes=(0, 0, None, None))(data_key, cycle, block, n)
     return block_permutation(data_key, cycle, block, n)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "kind", "dtype"))
+def _unit_draws(key, cycle, layer, n: int, kind: str, dtype) -> jax.Array:
+    """The unit draws of visit positions 0..n-1 of layer number `layer`, each from its own key
+    (bit for bit what a loop over the weights draws: `tests/test_rso.py`); with several runs
+    (a leading runs axis), each run's own."""
+
+    def one(key, cycle):
+        layer_key = jax.random.fold_in(jax.random.fold_in(key, cycle), layer)
+        return jax.vmap(lambda i: PERTURBATIONS[kind](jax.random.fold_in(layer_key, i), dtype))(jnp.arange(n, dtype=jnp.int32))
+
+    return jax.vmap(one)(key, cycle) if cycle.ndim else one(key, cycle)
 
 
 def check_data(data, example_shape: tuple[int, ...] | None) -> int:
@@ -528,8 +559,8 @@ class RSO:
             less than the whole layer.
         """
         with precision_scope(self.config.precision):
-            perm_N = self.permutation(state, path)
-            return self._sweeper(state)(state, ctx, perm_N, *self._range(state, path, start, stop), path=path)
+            draws = self.layer_draws(state, path)
+            return self._sweeper(state)(state, ctx, draws, *self._range(state, path, start, stop), path=path)
 
     def lower(self, state: RSOState, ctx, path: str, start: int = 0, stop: int | None = None) -> jax.stages.Lowered:
         """The sweep `sweep` would run, lowered (to inspect its HLO).
@@ -545,8 +576,8 @@ class RSO:
           The lowered computation, as `jax.jit(...).lower` gives it.
         """
         with precision_scope(self.config.precision):
-            perm_N = self.permutation(state, path)
-            return self._sweeper(state).lower(state, ctx, perm_N, *self._range(state, path, start, stop), path=path)
+            draws = self.layer_draws(state, path)
+            return self._sweeper(state).lower(state, ctx, draws, *self._range(state, path, start, stop), path=path)
 
     def _sweeper(self, state):
         return self._sweep if state.runs is None else self._sweep_runs
@@ -633,28 +664,31 @@ class RSO:
             metrics = metrics + m
         return state, metrics, ctx
 
-    def permutation(self, state: RSOState, path: str) -> jax.Array:
-        """The shuffle of the training set that a layer's minibatches are cut from this cycle
-        (`rsojax.sampling.block_permutation`: one per block of layers).
+    def layer_draws(self, state: RSOState, path: str) -> LayerDraws:
+        """What RSO draws for a layer this cycle, for every visit position at once: the
+        shuffle its minibatches are cut from and the unit draws of its perturbations.
 
         Args:
-          state: the state (its data key and cycle; with several runs, one shuffle per run).
+          state: the state (its keys and cycle; with several runs, each run's own).
           path: the layer.
 
         Returns:
-          int32 example indices, `(n_examples,)`, or `(runs, n_examples)`.
+          The `LayerDraws`, which the layer's sweeps and `draws` take.
         """
-        block = jnp.int32(self.blocks[self.layers.index(path)])
-        return _block_shuffle(state.data_key, state.cycle, block, state.n_examples)
+        layer = self.layers.index(path)
+        dtype = get_leaf(state.params, path).dtype
+        perm_N = _block_shuffle(state.data_key, state.cycle, jnp.int32(self.blocks[layer]), state.n_examples)
+        unit_P = _unit_draws(state.key, state.cycle, jnp.int32(layer), self.n_weights(state, path), self.config.perturbation, dtype)
+        return LayerDraws(perm_N, unit_P)
 
-    def draws(self, state: RSOState, path: str, perm_N: jax.Array | None = None) -> tuple:
+    def draws(self, state: RSOState, path: str, draws: LayerDraws | None = None) -> tuple:
         """What RSO draws for a layer this cycle, keyed by visit position, so every
         granularity (and `rsojax.diagnostics`) gives a weight the same draws.
 
         Args:
           state: the state (its keys, cycle and sigmas).
           path: the layer.
-          perm_N: the layer's `permutation` (None: computed here).
+          draws: the layer's `layer_draws` (None: computed here).
 
         Returns:
           `(order, dw, batch)`: the visit order (row-major flat indices), and functions of a
@@ -666,13 +700,10 @@ class RSO:
         order = jnp.asarray(weight_order(leaf.shape, cfg.output_first))
         floor = state.hypers.get("anneal_floor", cfg.anneal_floor), state.hypers.get("anneal_rest")
         sigma = state.sigmas[path] * anneal(state.cycle, cfg.cycles, *floor).astype(leaf.dtype)
-        layer = self.layers.index(path)
-        layer_key = jax.random.fold_in(jax.random.fold_in(state.key, state.cycle), layer)
-        if perm_N is None:
-            perm_N = self.permutation(state, path)
+        perm_N, unit_P = self.layer_draws(state, path) if draws is None else draws
 
         def dw(i):
-            return draw_dw(cfg.perturbation, jax.random.fold_in(layer_key, i), sigma, leaf.dtype)
+            return jnp.asarray(sigma, leaf.dtype) * unit_P[i]
 
         def batch(i):
             return batch_at(perm_N, i, cfg.batch_size)
@@ -690,9 +721,9 @@ class RSO:
         """
         return state.hypers.get("weight_keep", 1.0 - self.config.weight_decay)
 
-    def _sweep_impl(self, state: RSOState, ctx, perm_N, start, stop, *, path: str, runs: bool = False):
+    def _sweep_impl(self, state: RSOState, ctx, draws: LayerDraws, start, stop, *, path: str, runs: bool = False):
         cfg = self.config
-        order, dw, batch = self.draws(state, path, perm_N)
+        order, dw, batch = self.draws(state, path, draws)
         zeros = SweepMetrics.zeros(get_leaf(state.params, path).dtype)
 
         keep = self.weight_keep(state)
@@ -724,16 +755,16 @@ class RSO:
         params, _, metrics = jax.lax.fori_loop(start, stop, visit, carry)
         return state.replace(params=params), metrics
 
-    def _sweep_runs_impl(self, state: RSOState, ctx: RunsContext, perm_N, start, stop, *, path: str):
+    def _sweep_runs_impl(self, state: RSOState, ctx: RunsContext, draws: LayerDraws, start, stop, *, path: str):
         """`_sweep_impl` mapped over the runs; the context's shared leaves are not mapped."""
 
-        def one(state, batched, shared, perm_N):
-            return self._sweep_impl(state, ctx.ctx(batched, shared), perm_N, start, stop, path=path, runs=True)
+        def one(state, batched, shared, draws):
+            return self._sweep_impl(state, ctx.ctx(batched, shared), draws, start, stop, path=path, runs=True)
 
         # With a 'runs' mesh axis, the run axis of everything inside (the batch's sharding
         # constraint included) is split over it.
         spmd = RUNS if run_groups(self.mesh) > 1 else None
-        return jax.vmap(one, in_axes=(0, 0, None, 0), spmd_axis_name=spmd)(state, ctx.batched, ctx.shared, perm_N)
+        return jax.vmap(one, in_axes=(0, 0, None, 0), spmd_axis_name=spmd)(state, ctx.batched, ctx.shared, draws)
 
 
 def candidate_values(w, dw, keep) -> jax.Array:

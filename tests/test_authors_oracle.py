@@ -76,7 +76,7 @@ def nested(flat: dict) -> dict:
 
 
 @functools.partial(jax.jit, static_argnames=("rso", "path"))
-def follow(rso: RSO, state, ctx, perm_N, choices, compared, *, path: str):
+def follow(rso: RSO, state, ctx, draws, choices, compared, *, path: str):
     """rsojax's candidate losses and its own choice at the visit positions where `compared` is
     true, and dw at each, visiting every weight of layer `path` in order along the authors'
     path: after each weight, the authors' choice `choices[i]` is kept. The evaluator's context
@@ -86,7 +86,7 @@ def follow(rso: RSO, state, ctx, perm_N, choices, compared, *, path: str):
       The parameters after the layer and (choice, losses_3, dw) per visit position (choice -1
       and NaN losses where not compared).
     """
-    order, dw, batch = rso.draws(state, path, perm_N)
+    order, dw, batch = rso.draws(state, path, draws)
 
     def visit(carry, xs):
         params, ctx = carry
@@ -157,8 +157,8 @@ def decisions_against_authors(
             compared = compared_positions(m) if spread else np.ones(m, bool)
             with precision_scope(rso.config.precision):
                 ctx = rso.prepare(state, train, path, ctx)
-                perm_N = rso.permutation(state, path)
-                params, (own, losses, dw) = follow(rso, state, ctx, perm_N, jnp.asarray(choices), compared, path=path)
+                draws = rso.layer_draws(state, path)
+                params, (own, losses, dw) = follow(rso, state, ctx, draws, jnp.asarray(choices), compared, path=path)
             dw = np.asarray(dw, np.float64)
             own, losses = np.asarray(own)[compared], np.asarray(losses, np.float64)[compared]
             theirs, choices = theirs[compared], choices[compared]

@@ -1,5 +1,6 @@
 """The engine against a slow, literal reference in float64, and its guarantees."""
 
+import functools
 import math
 
 import jax
@@ -192,6 +193,38 @@ def test_metrics_are_the_losses_of_the_kept_values(small_convnet):
     assert not any(changed.values())
     flat_new, flat_old = jax.tree.leaves(state.params), jax.tree.leaves(params)
     assert sum(not np.array_equal(a, b) for a, b in zip(flat_new, flat_old)) == 1
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_layer_draws_are_the_bits_a_loop_over_the_weights_draws(dtype):
+    """A layer's unit draws, computed for all its positions at once apart from its sweeps
+    (`RSO.layer_draws`), equal bit for bit each position's draw computed in a loop over the
+    weights, as a sweep would draw it, for every perturbation, one run and each of several
+    runs, over a layer of 20,000 weights."""
+    model = rsojax.mlp(hidden=(200,), input_shape=(100,))
+    x, y = random_data(16, model.input_shape)
+    params = jax.tree.map(lambda a: a.astype(dtype), model.init(jax.random.key(0), x[:2])["params"])
+    path = "stages_0/Dense_0/kernel"
+
+    @functools.partial(jax.jit, static_argnames=("kind", "n"))
+    def loop(key, cycle, layer, kind, n):
+        layer_key = jax.random.fold_in(jax.random.fold_in(key, cycle), layer)
+
+        def body(i, out):
+            return out.at[i].set(rsojax.rso.PERTURBATIONS[kind](jax.random.fold_in(layer_key, i), dtype))
+
+        return jax.lax.fori_loop(0, n, body, jnp.zeros(n, dtype))
+
+    keys = jnp.stack([jax.random.key(s) for s in (5, 6)])
+    for kind in rsojax.rso.PERTURBATIONS:
+        rso = make_rso(model, "generic", 8, perturbation=kind)
+        layer = rso.layers.index(path)
+        one = rso.init(params, jax.random.key(4), (x, y)).replace(cycle=jnp.int32(2))
+        np.testing.assert_array_equal(rso.layer_draws(one, path).unit_P, loop(one.key, one.cycle, layer, kind, 20_000))
+        runs = rso.init_runs(jax.tree.map(lambda a: jnp.stack([a, a]), params), keys, (x, y))
+        unit_RP = rso.layer_draws(runs, path).unit_P
+        for k in range(2):
+            np.testing.assert_array_equal(unit_RP[k], loop(runs.key[k], runs.cycle[k], layer, kind, 20_000), err_msg=f"{kind} run {k}")
 
 
 def test_same_key_same_result_different_key_different(small_mlp):

@@ -11,7 +11,7 @@ import pytest
 from test_rso import literal_positions, make_rso, reference_loss, reference_sweep
 
 import rsojax
-from rsojax.perturbation import PERTURBATIONS, draw_dw
+from rsojax.perturbation import PERTURBATIONS
 
 # The paper's three distributions of dw / sigma_d, written out: N(0, 1), U(-2, 2), {-1, 0, 1}.
 UNIT_DRAWS = {
@@ -38,7 +38,7 @@ def literal_threads(shape, granularity):
 
 def test_unit_draws_have_the_stated_distributions():
     keys = jax.random.split(jax.random.key(0), 30_000)
-    draws = {k: np.asarray(jax.vmap(lambda key, k=k: draw_dw(k, key, 1.0, jnp.float64))(keys)) for k in PERTURBATIONS}
+    draws = {k: np.asarray(jax.vmap(lambda key, k=k: PERTURBATIONS[k](key, jnp.float64))(keys)) for k in PERTURBATIONS}
     assert abs(draws["normal"].mean()) < 0.02 and abs(draws["normal"].std() - 1) < 0.02
     u = draws["uniform"]
     assert -2 <= u.min() < -1.99 and 1.99 < u.max() <= 2 and abs(u.var() - 4 / 3) < 0.03
