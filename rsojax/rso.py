@@ -305,7 +305,8 @@ def _unit_draws(key, cycle, layer, n: int, kind: str, dtype) -> jax.Array:
 
     def one(key, cycle):
         layer_key = jax.random.fold_in(jax.random.fold_in(key, cycle), layer)
-        return jax.vmap(lambda i: PERTURBATIONS[kind](jax.random.fold_in(layer_key, i), dtype))(jnp.arange(n, dtype=jnp.int32))
+        positions = jnp.arange(n, dtype=jnp.int32)
+        return jax.vmap(lambda i: PERTURBATIONS[kind](jax.random.fold_in(layer_key, i), dtype))(positions)
 
     return jax.vmap(one)(key, cycle) if cycle.ndim else one(key, cycle)
 
@@ -676,9 +677,9 @@ class RSO:
           The `LayerDraws`, which the layer's sweeps and `draws` take.
         """
         layer = self.layers.index(path)
-        dtype = get_leaf(state.params, path).dtype
-        perm_N = _block_shuffle(state.data_key, state.cycle, jnp.int32(self.blocks[layer]), state.n_examples)
-        unit_P = _unit_draws(state.key, state.cycle, jnp.int32(layer), self.n_weights(state, path), self.config.perturbation, dtype)
+        block, n, dtype = self.blocks[layer], self.n_weights(state, path), get_leaf(state.params, path).dtype
+        perm_N = _block_shuffle(state.data_key, state.cycle, jnp.int32(block), state.n_examples)
+        unit_P = _unit_draws(state.key, state.cycle, jnp.int32(layer), n, self.config.perturbation, dtype)
         return LayerDraws(perm_N, unit_P)
 
     def draws(self, state: RSOState, path: str, draws: LayerDraws | None = None) -> tuple:

@@ -224,7 +224,8 @@ def test_layer_draws_are_the_bits_a_loop_over_the_weights_draws(dtype):
         runs = rso.init_runs(jax.tree.map(lambda a: jnp.stack([a, a]), params), keys, (x, y))
         unit_RP = rso.layer_draws(runs, path).unit_P
         for k in range(2):
-            np.testing.assert_array_equal(unit_RP[k], loop(runs.key[k], runs.cycle[k], layer, kind, 20_000), err_msg=f"{kind} run {k}")
+            alone = loop(runs.key[k], runs.cycle[k], layer, kind, 20_000)
+            np.testing.assert_array_equal(unit_RP[k], alone, err_msg=f"{kind} run {k}")
 
 
 def test_same_key_same_result_different_key_different(small_mlp):
