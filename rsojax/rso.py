@@ -311,6 +311,14 @@ def _unit_draws(key, cycle, layer, n: int, kind: str, dtype) -> jax.Array:
     return jax.vmap(one)(key, cycle) if cycle.ndim else one(key, cycle)
 
 
+@functools.lru_cache(maxsize=32)
+def _shared_sweeps(rso: "RSO") -> tuple:
+    """The jitted sweeps of `rso`, shared by every equal `RSO`: a trainer built again (a
+    notebook cell run again, the same trainer for each of several runs) traces and compiles
+    nothing again."""
+    return rso._jitted_sweeps()
+
+
 def check_data(data, example_shape: tuple[int, ...] | None) -> int:
     """Validates `(x, y)`; returns the number of examples."""
     if not isinstance(data, tuple | list) or len(data) != 2:
@@ -336,6 +344,10 @@ class RSO:
     Layers whose paths share their first component (`stages_3/Conv_0/kernel` and
     `stages_3/BatchNorm_0/bias`) form a block: they share one shuffle of the training set per
     cycle, as the reference code's conv block does (`rsojax.sampling`).
+
+    Two `RSO`s of equal evaluators, layers, config and mesh are equal and share their compiled
+    sweeps (those of the 32 most recently built distinct trainers are kept): building one again
+    compiles nothing again. An `RSO` is not changed once built.
 
     Args:
       evaluator: computes candidate losses (`rsojax.evaluators`: `Incremental`, `Cached`, ...).
@@ -368,12 +380,29 @@ class RSO:
             )
         names = [path.split("/", 1)[0] for path in self.layers]
         self.blocks = tuple(names.index(name) for name in names)  # block id: its first layer's index
+        try:
+            self._sweep, self._sweep_runs = _shared_sweeps(self)
+        except TypeError:  # an evaluator that is not hashable: sweeps of its own
+            self._sweep, self._sweep_runs = self._jitted_sweeps()
+
+    def _key(self) -> tuple:
+        return type(self), self.evaluator, self.layers, self.config, self.mesh
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RSO) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _jitted_sweeps(self) -> tuple:
         # With a mesh, the new state comes back replicated exactly as it went in: otherwise its
         # sharding differs, and the next call of each layer's sweep would compile it again.
-        placed = {} if mesh is None else {"out_shardings": replicated(mesh)}
-        self._sweep = jax.jit(self._sweep_impl, static_argnames=("path",), **placed)
-        placed_runs = {} if mesh is None else {"out_shardings": by_runs(mesh)}
-        self._sweep_runs = jax.jit(self._sweep_runs_impl, static_argnames=("path",), **placed_runs)
+        placed = {} if self.mesh is None else {"out_shardings": replicated(self.mesh)}
+        placed_runs = {} if self.mesh is None else {"out_shardings": by_runs(self.mesh)}
+        return (
+            jax.jit(self._sweep_impl, static_argnames=("path",), **placed),
+            jax.jit(self._sweep_runs_impl, static_argnames=("path",), **placed_runs),
+        )
 
     def init(self, params, key: jax.Array, data) -> RSOState:
         """The state before the first cycle.

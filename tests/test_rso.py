@@ -252,6 +252,32 @@ def test_chunked_sweep_equals_whole_sweep(small_mlp):
     assert [int(m.accepted) for _, m in m_whole] == [int(m.accepted) for _, m in m_chunked]
 
 
+def test_equal_trainers_share_their_compiled_sweeps(small_mlp):
+    """An `RSO` built again with the same evaluator, layers, config and mesh (a notebook cell run
+    again, the same trainer per run) equals the first, and its sweep is neither traced nor
+    compiled again; one that differs in its config or evaluator is another trainer."""
+    model, params, data = small_mlp
+    first, again = make_rso(model, "cached", 8), make_rso(model, "cached", 8)
+    assert first == again and hash(first) == hash(again)
+    assert first != make_rso(model, "cached", 10) and first != make_rso(model, "generic", 8)
+    state = first.init(params, jax.random.key(5), data)
+    path = first.layers[0]
+    expected, _ = first.sweep(state, first.prepare(state, data, path), path)
+    ctx = again.prepare(state, data, path)
+    events = []
+
+    def listen(event, seconds, **kwargs):
+        events.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        got, _ = again.sweep(state, ctx, path)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert [e for e in events if e.startswith("/jax/core/compile/")] == []
+    np.testing.assert_array_equal(rsojax.get_leaf(got.params, path), rsojax.get_leaf(expected.params, path))
+
+
 def test_kernels_only_leaves_batchnorm_untouched(small_convnet):
     model, params, data = small_convnet
     rso = make_rso(model, "cached", 16, kernels_only=True)
