@@ -708,7 +708,10 @@ class RSO:
         layer = self.layers.index(path)
         block, n, dtype = self.blocks[layer], self.n_weights(state, path), get_leaf(state.params, path).dtype
         perm_N = _block_shuffle(state.data_key, state.cycle, jnp.int32(block), state.n_examples)
-        unit_P = _unit_draws(state.key, state.cycle, jnp.int32(layer), n, self.config.perturbation, dtype)
+        # Drawn for the next power of two of positions and cut (each position's draw is its
+        # own): one program serves the layers of every size up to it.
+        drawn = 1 << (n - 1).bit_length()
+        unit_P = _unit_draws(state.key, state.cycle, jnp.int32(layer), drawn, self.config.perturbation, dtype)[..., :n]
         return LayerDraws(perm_N, unit_P)
 
     def draws(self, state: RSOState, path: str, draws: LayerDraws | None = None) -> tuple:
