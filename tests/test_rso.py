@@ -255,7 +255,8 @@ def test_chunked_sweep_equals_whole_sweep(small_mlp):
 def test_equal_trainers_share_their_compiled_sweeps(small_mlp):
     """An `RSO` built again with the same evaluator, layers, config and mesh (a notebook cell run
     again, the same trainer per run) equals the first, and its sweep is neither traced nor
-    compiled again; one that differs in its config or evaluator is another trainer."""
+    compiled again; one that differs in its config or evaluator is another trainer. An evaluator
+    that cannot be hashed gets sweeps of its own."""
     model, params, data = small_mlp
     first, again = make_rso(model, "cached", 8), make_rso(model, "cached", 8)
     assert first == again and hash(first) == hash(again)
@@ -275,6 +276,13 @@ def test_equal_trainers_share_their_compiled_sweeps(small_mlp):
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
     assert [e for e in events if e.startswith("/jax/core/compile/")] == []
+    np.testing.assert_array_equal(rsojax.get_leaf(got.params, path), rsojax.get_leaf(expected.params, path))
+
+    class Unhashable(rsojax.Cached):  # an evaluator that cannot be a cache key: sweeps of its own
+        __hash__ = None
+
+    alone = rsojax.RSO(Unhashable(model), first.layers, first.config)
+    got, _ = alone.sweep(state, alone.prepare(state, data, path), path)
     np.testing.assert_array_equal(rsojax.get_leaf(got.params, path), rsojax.get_leaf(expected.params, path))
 
 
