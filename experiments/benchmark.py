@@ -43,7 +43,7 @@ import jax.numpy as jnp
 
 import rsojax
 from rsojax import sharding, xla_flags
-from rsojax.conv_kernel import CONVS, resolve_conv
+from rsojax.conv_kernel import CONVS, resolve_conv, supported
 from rsojax.evaluators import EVALUATORS
 from rsojax.evaluators.incremental import handles
 from rsojax.models import GLOBAL_POOLS, ConvBlock, PoolHead, ResidualBlock
@@ -55,9 +55,10 @@ MODELS = {"mnist": (rsojax.mnist_convnet, 60000), "cifar10": (rsojax.cifar10_res
 
 
 # --- Arithmetic per cycle, counted analytically --------------------------------------------
-# Multiply-adds x 2 of the convolutions and the dense layer only; BN, ReLU, pooling, the
-# residual additions, the loss and data movement are not counted. `stage_costs(model)[0][i]` is
-# stage i's cost for one image.
+# Multiply-adds x 2 of the convolutions (a pooled block's conv and pool as the one strided
+# correlation that XLA computes) and the dense layer only; BN, ReLU, pooling, the residual
+# additions, the loss and data movement are not counted. `stage_costs(model)[0][i]` is stage
+# i's cost for one image.
 
 
 def stage_costs(model) -> tuple[list[float], list[float], list[float]]:
@@ -70,7 +71,11 @@ def stage_costs(model) -> tuple[list[float], list[float], list[float]]:
         h, skip = x if isinstance(stage, ResidualBlock) and stage.residual else (x, None)
         _, height, width, c_in = h.shape
         if isinstance(stage, ConvBlock | ResidualBlock):
-            flops.append(2.0 * height * width * 9 * c_in * stage.features)
+            if stage.pool and not (resolve_conv(stage.conv) == "pallas" and supported(c_in, stage.features)):
+                pixels, taps = (height // 2) * (width // 2), 16  # one strided 4x4 correlation (conv3x3_xla)
+            else:
+                pixels, taps = height * width, 9
+            flops.append(2.0 * pixels * taps * c_in * stage.features)
             if isinstance(stage, ResidualBlock) and stage.shortcut:  # its 1x1 conv of the skip tensor
                 flops[-1] += 2.0 * math.prod(skip.shape[1:]) * stage.features
         elif isinstance(stage, PoolHead):

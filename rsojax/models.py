@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from rsojax.conv_kernel import conv3x3, resolve_conv
+from rsojax.conv_kernel import avg_pool_2x2, conv3x3, resolve_conv
 
 # He initialisation as the paper states it: N(0, sqrt(2 / fan_in)), not truncated.
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -37,16 +37,6 @@ def check_global_pool(global_pool: str) -> str:
 def global_pool_2d(x_BxHxWxC: jax.Array, global_pool: str) -> jax.Array:
     """Max or mean over the spatial axes: (B, H, W, C) -> (B, C)."""
     return x_BxHxWxC.max(axis=(1, 2)) if global_pool == "max" else x_BxHxWxC.mean(axis=(1, 2))
-
-
-def avg_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
-    """The blocks' 2x2 average pool with stride 2 (`nn.avg_pool(x, (2, 2), strides=(2, 2))`,
-    an odd last row or column dropped), written as four strided slices: XLA:CPU (jax 0.10) fuses
-    a reduce-window with its neighbours into kernels many times slower than either alone (in a
-    CIFAR-10 block-2 weight's candidates, 110 of 380 ms)."""
-    h, w = x_BxHxWxC.shape[1] // 2 * 2, x_BxHxWxC.shape[2] // 2 * 2
-    x = x_BxHxWxC[:, :h, :w]
-    return (x[:, 0::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) * 0.25
 
 
 class BatchNorm(nn.Module):
@@ -90,7 +80,8 @@ class BatchNorm(nn.Module):
 
 class Conv3x3(nn.Module):
     """The networks' 3x3 convolution (padding 1, no bias; parameter `kernel`, as `nn.Conv`
-    names and initialises it), on backend `conv` (`rsojax.conv_kernel`).
+    names and initialises it), on backend `conv` (`rsojax.conv_kernel`), followed by the 2x2
+    average pool with `pool`.
 
     Returns `(y, stats)`: stats are y's `(mean, var)` per channel where the backend computed
     them with y, else None.
@@ -98,12 +89,13 @@ class Conv3x3(nn.Module):
 
     features: int
     conv: str = "xla"
+    pool: bool = False
 
     @nn.compact
     def __call__(self, x_BxHxWxC):
         kernel = self.param("kernel", he_normal, (3, 3, x_BxHxWxC.shape[-1], self.features), jnp.float32)
         x_BxHxWxC, kernel = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, dtype=None)
-        return conv3x3(x_BxHxWxC, kernel, self.conv)
+        return conv3x3(x_BxHxWxC, kernel, self.conv, self.pool)
 
 
 class ConvBlock(nn.Module):
@@ -125,9 +117,7 @@ class ConvBlock(nn.Module):
     @nn.compact
     def __call__(self, x_BxHxWxC, train: bool):
         x = nn.relu(x_BxHxWxC) if self.relu_in else x_BxHxWxC
-        x, stats = Conv3x3(self.features, self.conv, name="Conv_0")(x)
-        if self.pool:
-            x, stats = avg_pool_2x2(x), None
+        x, stats = Conv3x3(self.features, self.conv, self.pool, name="Conv_0")(x)
         return BatchNorm()(x, train, stats)
 
 
@@ -300,14 +290,14 @@ class ResidualBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         h_BxHxWxC, skip = x if self.residual else (x, None)
-        y, stats = Conv3x3(self.features, self.conv, name="Conv_0")(nn.relu(h_BxHxWxC))
+        # The pool, linear, is taken of the conv and of the skip apart: pool(conv(x) + skip) is
+        # pool(conv(x)) + pool(skip), and the conv and the pool are then one strided correlation.
+        y, stats = Conv3x3(self.features, self.conv, self.pool, name="Conv_0")(nn.relu(h_BxHxWxC))
         if self.residual:
             if self.shortcut:
                 skip = nn.Conv(self.features, (1, 1), use_bias=False, kernel_init=he_normal, name="shortcut_conv")(skip)
                 skip = BatchNorm(name="shortcut_bn")(skip, train)
-            y, stats = y + skip, None
-        if self.pool:
-            y, stats = avg_pool_2x2(y), None
+            y, stats = y + (avg_pool_2x2(skip) if self.pool else skip), None
         y = BatchNorm(name="BatchNorm_0")(y, train, stats)
         return (y, h_BxHxWxC) if self.keep else y
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import runs_batched_as_on_gpus
 
 import rsojax
-from rsojax.conv_kernel import conv3x3_pallas, conv3x3_xla
+from rsojax.conv_kernel import conv3x3, conv3x3_pallas, conv3x3_xla
 from rsojax.evaluators import Incremental
 from rsojax.experiment import ExperimentConfig, UsageError, build_model, parse_flags
 from rsojax.models import ConvBlock, PoolHead, Sequential
@@ -69,6 +69,20 @@ def test_kernel_float32_agrees_with_xla(shape, c_out, block_rows):
     exact = literal_conv(x, k)
     np.testing.assert_allclose(np.asarray(mean), exact.mean((0, 1, 2)), rtol=0, atol=2e-6 * scale)
     np.testing.assert_allclose(np.asarray(var), exact.var((0, 1, 2)), rtol=2e-5)
+
+
+@pytest.mark.parametrize("conv", ["xla", "pallas"])
+@pytest.mark.parametrize("shape", [(3, 14, 14, 16), (2, 7, 9, 16)])
+def test_pooled_convolution_is_the_conv_then_the_pool(conv, shape):
+    """`pool=True`: the 3x3 conv, then the 2x2 average pool that drops an odd last row or column
+    (float64); on XLA one 4x4 correlation with stride 2, on the kernel its conv then the pool."""
+    x, k = inputs(shape, 16, jnp.float64)
+    y, stats = conv3x3(x, k, conv, pool=True)
+    b, h, w, _ = shape
+    full = literal_conv(x, k)[:, : h // 2 * 2, : w // 2 * 2]
+    ref = full.reshape(b, h // 2, 2, w // 2, 2, 16).mean((2, 4))
+    assert stats is None  # BN takes its statistics of the pooled values
+    np.testing.assert_allclose(np.asarray(y), ref, rtol=0, atol=1e-13 * np.abs(ref).max())
 
 
 def test_candidates_on_the_grid():

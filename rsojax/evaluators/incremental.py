@@ -77,49 +77,32 @@ from rsojax.evaluators.stage_inputs import (
     stage_inputs,
 )
 from rsojax.losses import summed_cross_entropy
-from rsojax.models import BatchNorm, ConvBlock, ResidualBlock, Sequential, avg_pool_2x2, stage_of
+from rsojax.conv_kernel import avg_pool_2x2, conv3x3_xla, pooled_taps
+from rsojax.models import BatchNorm, ConvBlock, ResidualBlock, Sequential, stage_of
 from rsojax.runs import map_runs
 
 
-def conv3x3(x_BxHxWxI: jax.Array, kernel_3x3xIxO: jax.Array) -> jax.Array:
-    """ConvBlock's convolution (3x3, padding 1, no bias) with a given kernel."""
-    conv = nn.Conv(kernel_3x3xIxO.shape[-1], (3, 3), padding=1, use_bias=False)
-    return conv.apply({"params": {"kernel": kernel_3x3xIxO}}, x_BxHxWxI)
-
-
-def conv3x3_single(x_BxHxW: jax.Array, taps_3x3xO: jax.Array) -> jax.Array:
-    """`conv3x3` of one input channel, as 9 shifted multiply-adds (XLA's CPU convolution is
-    slow with a single input channel): (B, H, W) -> (B, H, W, O)."""
+def conv3x3_single(x_BxHxW: jax.Array, taps_3x3x: jax.Array, pool: bool = False) -> jax.Array:
+    """`conv3x3_xla(x, taps, pool)` of one input channel, as shifted multiply-adds (XLA's CPU
+    convolution is slow with a single input channel): taps (3, 3, O) give (B, H', W', O), taps
+    (3, 3) one output channel (B, H', W'), without a minor axis of size 1, which XLA:CPU would
+    not vectorise. With `pool`, one 4x4 correlation with stride 2 (`pooled_taps`): 16
+    multiply-adds per output instead of 36."""
     h, w = x_BxHxW.shape[1:]
-    x_pad = jnp.pad(x_BxHxW, ((0, 0), (1, 1), (1, 1)))[..., None]
+    taps, size, stride = (pooled_taps(taps_3x3x), 4, 2) if pool else (taps_3x3x, 3, 1)
+    h_out, w_out = (h // 2, w // 2) if pool else (h, w)
+    x_pad = jnp.pad(x_BxHxW, ((0, 0), (1, 1), (1, 1)))
+    x_pad = x_pad[..., None] if taps.ndim == 3 else x_pad
     out = 0.0
-    for kh in range(3):
-        for kw in range(3):
-            out = out + x_pad[:, kh : kh + h, kw : kw + w] * taps_3x3xO[kh, kw]
+    for u in range(size):
+        for v in range(size):
+            out = out + x_pad[:, u : u + stride * h_out : stride, v : v + stride * w_out : stride] * taps[u, v]
     return out
 
 
 def stage_pool(stage: ConvBlock | ResidualBlock, x_BxHxWx: jax.Array) -> jax.Array:
     """The stage's 2x2 average pool (the model's own), if it has one, over axes 1 and 2."""
     return avg_pool_2x2(x_BxHxWx) if stage.pool else x_BxHxWx
-
-
-def pooled_conv3x3_single(stage: ConvBlock | ResidualBlock, x_BxHxW: jax.Array, taps_3x3: jax.Array) -> jax.Array:
-    """`stage_pool(conv3x3_single(x, taps))` for one output channel: (B, H, W) -> (B, H', W').
-
-    With a pool, the two are one 4x4 correlation with stride 2 (each tap of the 3x3 kernel
-    lands on 4 of the 16 with weight 1/4): 16 multiply-adds per output instead of 36.
-    """
-    if not stage.pool:
-        return conv3x3_single(x_BxHxW, taps_3x3[..., None])[..., 0]
-    taps_4x4 = sum(jnp.pad(taps_3x3, ((a, 1 - a), (b, 1 - b))) for a in range(2) for b in range(2)) * 0.25
-    h, w = x_BxHxW.shape[1:]
-    x_pad = jnp.pad(x_BxHxW, ((0, 0), (1, 1), (1, 1)))
-    out = 0.0
-    for u in range(4):
-        for v in range(4):
-            out = out + x_pad[:, u : u + h : 2, v : v + w : 2] * taps_4x4[u, v]
-    return out
 
 
 def pooled_shifts(stage: ConvBlock | ResidualBlock, x_BxHxW: jax.Array, axis: int) -> jax.Array:
@@ -296,7 +279,7 @@ class Incremental(OfSequential):
 
             def add(p, start, size):
                 x = lax.dynamic_slice(h, _index(old_ci, start, 0, 0), (1, size, *h.shape[2:]))[0]
-                dp = pooled_conv3x3_single(stage, self._input(stage, x), dtaps)
+                dp = conv3x3_single(self._input(stage, x), dtaps, stage.pool)
                 at = _index(old_co, start, 0, 0)
                 return lax.dynamic_update_slice(p, lax.dynamic_slice(p, at, (1, *dp.shape)) + dp[None], at)
 
@@ -388,17 +371,17 @@ class Incremental(OfSequential):
         if handles(stage_n, "Conv_0/kernel"):  # its input is stage d's output, its main tensor Y
             sp_n = params[f"stages_{nxt}"]
             k_n = sp_n["Conv_0"]["kernel"]
-            base = stage_pool(stage_n, conv3x3(self._input(stage_n, y_B), k_n))
+            base = conv3x3_xla(self._input(stage_n, y_B), k_n, stage_n.pool)
             added = _added(stage_n, sp_n, out_B[1] if _is_residual(stage_n) else None)
             base = base if added is None else base + added
             base_co = self._input(stage_n, y_B[..., co])
             k_co = pick(k_n, co, 2)  # (3, 3, O): the taps that read input channel co
 
             def loss(yc):
-                delta = conv3x3_single(self._input(stage_n, yc) - base_co, k_co)
+                delta = conv3x3_single(self._input(stage_n, yc) - base_co, k_co, stage_n.pool)
                 # Stored once: each of BN's passes (mean, variance, normalisation) would otherwise
                 # recompute the 9-tap convolution of every output channel.
-                z = batch_norm(sp_n["BatchNorm_0"], lax.optimization_barrier(base + stage_pool(stage_n, delta)))
+                z = batch_norm(sp_n["BatchNorm_0"], lax.optimization_barrier(base + delta))
                 z = (z, set_channel(y_B, co, yc)) if getattr(stage_n, "keep", False) else z
                 out = self.model.apply({"params": params}, z, train=True, start=nxt + 1)
                 return summed_cross_entropy(out, labels_B)
@@ -489,7 +472,8 @@ def _conv_output(
 
     def conv(h_pass):  # (I, pass, H, W)
         x = relu(jnp.moveaxis(h_pass, 0, -1))
-        y = conv3x3_single(x[..., 0], kernel[:, :, 0]) if x.shape[-1] == 1 else conv3x3(x, kernel)
-        return stage_pool(stage, y)
+        if x.shape[-1] == 1:
+            return conv3x3_single(x[..., 0], kernel[:, :, 0], stage.pool)
+        return conv3x3_xla(x, kernel, stage.pool)
 
     return map_passes(conv, h_IxNxHxW, cache_batch, axis=1)
