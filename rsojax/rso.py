@@ -275,18 +275,28 @@ class LayerDraws(NamedTuple):
     Attributes:
       perm_N: int32[n_examples], the shuffle of the training set the minibatches are cut from
         (`rsojax.sampling.block_permutation`: one per block of layers).
-      unit_P: the unit draw of the perturbation at each visit position of the layer, in the
-        leaf's dtype: dw = sigma * unit_P[i] (`rsojax.perturbation.PERTURBATIONS`).
+      dw_P: the perturbation at each visit position of the layer, in the leaf's dtype: the
+        layer's sigma this cycle (`RSO.sigma`) times the position's unit draw
+        (`rsojax.perturbation.PERTURBATIONS`). Multiplied apart from the sweeps: inside one,
+        XLA would fuse the product into w' + dw and w' - dw as a fused multiply-add (one
+        rounding instead of two) wherever it fuses the two, so a candidate's last bit would
+        depend on how a program is fused (one device or several, one backend or another).
     """
 
     perm_N: jax.Array
-    unit_P: jax.Array
+    dw_P: jax.Array
 
 
 # The draws are not compiled into every layer's sweep: the shuffle's sorts, and the draws' hash
 # and inverse error function, were about half of a small sweep's compile time. The layer and
 # block are arguments, not constants, so that one program per size serves every layer of
 # every `RSO`.
+
+
+@jax.jit
+def _times(sigma, unit_P):
+    """sigma * unit_P, one sigma per run (leading axis) or one for all: a program of its own."""
+    return sigma[..., None] * unit_P
 
 
 @functools.partial(jax.jit, static_argnames="n")
@@ -712,7 +722,22 @@ class RSO:
         # own): one program serves the layers of every size up to it.
         drawn = 1 << (n - 1).bit_length()
         unit_P = _unit_draws(state.key, state.cycle, jnp.int32(layer), drawn, self.config.perturbation, dtype)[..., :n]
-        return LayerDraws(perm_N, unit_P)
+        return LayerDraws(perm_N, _times(self.sigma(state, path), unit_P))
+
+    def sigma(self, state: RSOState, path: str) -> jax.Array:
+        """The standard deviation of a layer's perturbations this cycle: its sigma_d, annealed.
+
+        Args:
+          state: the state (its sigmas, cycle and hypers; with several runs, one per run).
+          path: the layer.
+
+        Returns:
+          A scalar in the leaf's dtype, or one per run.
+        """
+        cfg = self.config
+        dtype = get_leaf(state.params, path).dtype
+        floor = state.hypers.get("anneal_floor", cfg.anneal_floor), state.hypers.get("anneal_rest")
+        return jnp.asarray(state.sigmas[path] * anneal(state.cycle, cfg.cycles, *floor).astype(dtype), dtype)
 
     def draws(self, state: RSOState, path: str, draws: LayerDraws | None = None) -> tuple:
         """What RSO draws for a layer this cycle, keyed by visit position, so every
@@ -729,14 +754,11 @@ class RSO:
           of its minibatch `batch(i)`.
         """
         cfg = self.config
-        leaf = get_leaf(state.params, path)
-        order = jnp.asarray(weight_order(leaf.shape, cfg.output_first))
-        floor = state.hypers.get("anneal_floor", cfg.anneal_floor), state.hypers.get("anneal_rest")
-        sigma = state.sigmas[path] * anneal(state.cycle, cfg.cycles, *floor).astype(leaf.dtype)
-        perm_N, unit_P = self.layer_draws(state, path) if draws is None else draws
+        order = jnp.asarray(weight_order(get_leaf(state.params, path).shape, cfg.output_first))
+        perm_N, dw_P = self.layer_draws(state, path) if draws is None else draws
 
         def dw(i):
-            return jnp.asarray(sigma, leaf.dtype) * unit_P[i]
+            return dw_P[i]
 
         def batch(i):
             return batch_at(perm_N, i, cfg.batch_size)

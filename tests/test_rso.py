@@ -10,6 +10,7 @@ import pytest
 from conftest import random_data
 
 import rsojax
+from rsojax.layer_order import get_leaf
 from rsojax.models import Sequential, stage_of
 from rsojax.rso import choose
 from rsojax.schedule import anneal
@@ -197,10 +198,10 @@ def test_metrics_are_the_losses_of_the_kept_values(small_convnet):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_layer_draws_are_the_bits_a_loop_over_the_weights_draws(dtype):
-    """A layer's unit draws, computed for all its positions at once apart from its sweeps
-    (`RSO.layer_draws`), equal bit for bit each position's draw computed in a loop over the
-    weights, as a sweep would draw it, for every perturbation, one run and each of several
-    runs, over a layer of 20,000 weights."""
+    """A layer's perturbations, computed for all its positions at once apart from its sweeps
+    (`RSO.layer_draws`), equal bit for bit sigma times each position's unit draw computed in a
+    loop over the weights, for every perturbation, one run and each of several runs, over a
+    layer of 20,000 weights."""
     model = rsojax.mlp(hidden=(200,), input_shape=(100,))
     x, y = random_data(16, model.input_shape)
     params = jax.tree.map(lambda a: a.astype(dtype), model.init(jax.random.key(0), x[:2])["params"])
@@ -220,12 +221,41 @@ def test_layer_draws_are_the_bits_a_loop_over_the_weights_draws(dtype):
         rso = make_rso(model, "generic", 8, perturbation=kind)
         layer = rso.layers.index(path)
         one = rso.init(params, jax.random.key(4), (x, y)).replace(cycle=jnp.int32(2))
-        np.testing.assert_array_equal(rso.layer_draws(one, path).unit_P, loop(one.key, one.cycle, layer, kind, 20_000))
+        sigma = np.asarray(rso.sigma(one, path))
+        assert sigma.dtype == dtype and 0 < sigma < 1
+        alone = sigma * np.asarray(loop(one.key, one.cycle, layer, kind, 20_000))  # one rounding each
+        np.testing.assert_array_equal(rso.layer_draws(one, path).dw_P, alone)
         runs = rso.init_runs(jax.tree.map(lambda a: jnp.stack([a, a]), params), keys, (x, y))
-        unit_RP = rso.layer_draws(runs, path).unit_P
+        dw_RP, sigma_R = rso.layer_draws(runs, path).dw_P, np.asarray(rso.sigma(runs, path))
         for k in range(2):
-            alone = loop(runs.key[k], runs.cycle[k], layer, kind, 20_000)
-            np.testing.assert_array_equal(unit_RP[k], alone, err_msg=f"{kind} run {k}")
+            alone = sigma_R[k] * np.asarray(loop(runs.key[k], runs.cycle[k], layer, kind, 20_000))
+            np.testing.assert_array_equal(dw_RP[k], alone, err_msg=f"{kind} run {k}")
+
+
+@pytest.mark.parametrize("evaluator", ["generic", "incremental"])
+def test_kept_values_are_w_plus_or_minus_dw_rounded_twice(small_convnet, evaluator):
+    """Every weight a float32 sweep changes becomes w' + dw or w' - dw, with dw `draws`' rounded
+    product of sigma and the unit draw and each sum rounded once more, as the reference computes
+    them: never sigma times the unit draw plus w' in one fused multiply-add, which XLA makes
+    where it fuses the product into the sums (a product inside the sweep fails this)."""
+    model, params, data = small_convnet
+    params = jax.tree.map(lambda a: a.astype(jnp.float32), params)
+    data = (data[0].astype(jnp.float32), data[1])
+    rso = make_rso(model, evaluator, 8)
+    state = rso.init(params, jax.random.key(3), data)
+    changed = 0
+    for path in ("stages_6/Dense_0/kernel", "stages_2/Conv_0/kernel"):
+        n = min(40, rso.n_weights(state, path))
+        after, _ = rso.sweep(state, rso.prepare(state, data, path), path, 0, n)
+        order, dw, _ = rso.draws(state, path)
+        w0 = np.asarray(get_leaf(state.params, path)).ravel()
+        w1 = np.asarray(get_leaf(after.params, path)).ravel()
+        keep = np.float32(rso.weight_keep(state))
+        for i in range(n):
+            j, d, centre = int(order[i]), np.float32(dw(i)), w0[int(order[i])] * keep
+            assert w1[j] in (centre, centre + d, centre - d), (path, i)
+            changed += w1[j] != w0[j]
+    assert changed >= 20  # enough kept candidates that a fused multiply-add would show
 
 
 def test_same_key_same_result_different_key_different(small_mlp):
