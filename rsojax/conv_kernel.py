@@ -1,9 +1,10 @@
 """The networks' 3x3 convolution, computed by XLA or by a Pallas kernel that also returns BN's statistics.
 
 Every 3x3 convolution of `rsojax.models` (stride 1, padding 1, no bias, NHWC input, HWIO
-kernel), and the 2x2 average pool that follows some, goes through `conv3x3(x, kernel, conv, pool)`; `conv` is a field of the stages, so the one
-forward pass of a model runs on either backend and the choice is part of every jit's cache key
-(the model is a static argument):
+kernel), with the 2x2 average pool that follows it in a pooled block, goes through
+`conv3x3(x, kernel, conv, pool)`; `conv` is a field of the stages, so the one forward pass of a
+model runs on either backend and the choice is part of every jit's cache key (the model is a
+static argument):
 
 - "xla": `lax.conv_general_dilated`, exactly what `flax.linen.Conv` computes (cuDNN on a GPU).
 - "pallas": `conv3x3_pallas`, a Pallas kernel (Triton lowering on a GPU), in true float32 (its

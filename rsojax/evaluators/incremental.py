@@ -64,6 +64,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from rsojax.conv_kernel import avg_pool_2x2, conv3x3_xla, pooled_taps
 from rsojax.evaluators.base import OfSequential
 from rsojax.evaluators.cached import Cached
 from rsojax.evaluators.stage_inputs import (
@@ -77,7 +78,6 @@ from rsojax.evaluators.stage_inputs import (
     stage_inputs,
 )
 from rsojax.losses import summed_cross_entropy
-from rsojax.conv_kernel import avg_pool_2x2, conv3x3_xla, pooled_taps
 from rsojax.models import BatchNorm, ConvBlock, ResidualBlock, Sequential, stage_of
 from rsojax.runs import map_runs
 
@@ -380,7 +380,7 @@ class Incremental(OfSequential):
             def loss(yc):
                 delta = conv3x3_single(self._input(stage_n, yc) - base_co, k_co, stage_n.pool)
                 # Stored once: each of BN's passes (mean, variance, normalisation) would otherwise
-                # recompute the 9-tap convolution of every output channel.
+                # recompute the one-channel convolution of every output channel.
                 z = batch_norm(sp_n["BatchNorm_0"], lax.optimization_barrier(base + delta))
                 z = (z, set_channel(y_B, co, yc)) if getattr(stage_n, "keep", False) else z
                 out = self.model.apply({"params": params}, z, train=True, start=nxt + 1)
