@@ -89,15 +89,24 @@ def conv3x3_single(x_BxHxW: jax.Array, taps_3x3x: jax.Array, pool: bool = False)
     not vectorise. With `pool`, one 4x4 correlation with stride 2 (`pooled_taps`): 16
     multiply-adds per output instead of 36."""
     h, w = x_BxHxW.shape[1:]
-    taps, size, stride = (pooled_taps(taps_3x3x), 4, 2) if pool else (taps_3x3x, 3, 1)
-    h_out, w_out = (h // 2, w // 2) if pool else (h, w)
-    x_pad = jnp.pad(x_BxHxW, ((0, 0), (1, 1), (1, 1)))
-    x_pad = x_pad[..., None] if taps.ndim == 3 else x_pad
-    out = 0.0
-    for u in range(size):
-        for v in range(size):
-            out = out + x_pad[:, u : u + stride * h_out : stride, v : v + stride * w_out : stride] * taps[u, v]
-    return out
+    if not pool:
+        x_pad = jnp.pad(x_BxHxW, ((0, 0), (1, 1), (1, 1)))
+        x_pad = x_pad[..., None] if taps_3x3x.ndim == 3 else x_pad
+        return sum(x_pad[:, u : u + h, v : v + w] * taps_3x3x[u, v] for u in range(3) for v in range(3))
+    taps, h_out, w_out = pooled_taps(taps_3x3x), h // 2, w // 2
+    rows = jnp.pad(x_BxHxW, ((0, 0), (1, 1), (0, 0)))  # row r + 1 is x's row r
+    if taps.ndim == 2:
+        # Output column q reads x's columns 2q - 1, 2q, 2q + 1, 2q + 2: odd column q - 1, even
+        # q, odd q, even q + 1. Taken from the even and the odd columns apart, every read is
+        # contiguous along the minor axis, which XLA:CPU's loops vectorise (read with stride 2
+        # there, the fold of a conv-2 channel pair took 1.5x as long); the sums are the same.
+        even = jnp.pad(rows, ((0, 0), (0, 0), (0, 1)))[:, :, 0 : 2 * w_out + 1 : 2]  # columns 0, 2, .., 2 w_out
+        odd = jnp.pad(rows, ((0, 0), (0, 0), (1, 0)))[:, :, 0 : 2 * w_out + 1 : 2]  # columns -1, 1, .., 2 w_out - 1
+        columns = (odd[..., :w_out], even[..., :w_out], odd[..., 1:], even[..., 1:])
+    else:
+        x_pad = jnp.pad(rows, ((0, 0), (0, 0), (1, 1)))[..., None]
+        columns = tuple(x_pad[:, :, v : v + 2 * w_out : 2] for v in range(4))
+    return sum(columns[v][:, u : u + 2 * h_out : 2] * taps[u, v] for u in range(4) for v in range(4))
 
 
 def stage_pool(stage: ConvBlock | ResidualBlock, x_BxHxWx: jax.Array) -> jax.Array:
