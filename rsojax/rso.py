@@ -706,10 +706,10 @@ class RSO:
 
     def layer_draws(self, state: RSOState, path: str) -> LayerDraws:
         """What RSO draws for a layer this cycle, for every visit position at once: the
-        shuffle its minibatches are cut from and the unit draws of its perturbations.
+        shuffle its minibatches are cut from and its perturbations.
 
         Args:
-          state: the state (its keys and cycle; with several runs, each run's own).
+          state: the state (its keys, cycle and sigmas; with several runs, each run's own).
           path: the layer.
 
         Returns:
