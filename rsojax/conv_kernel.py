@@ -6,7 +6,8 @@ kernel), with the 2x2 average pool that follows it in a pooled block, goes throu
 model runs on either backend and the choice is part of every jit's cache key (the model is a
 static argument):
 
-- "xla": `lax.conv_general_dilated`, exactly what `flax.linen.Conv` computes (cuDNN on a GPU).
+- "xla": `lax.conv_general_dilated`, exactly what `flax.linen.Conv` computes (cuDNN on a GPU);
+  a pooled block's conv and pool as one 4x4 correlation with stride 2 (`conv3x3_xla`).
 - "pallas": `conv3x3_pallas`, a Pallas kernel (Triton lowering on a GPU), in true float32 (its
   dots are `Precision.HIGHEST`, which Triton lowers to IEEE, never TF32), that returns the
   per-channel mean and variance of its output with it, so BN's statistics cost no second read
