@@ -58,6 +58,19 @@ def test_caching_pass_uses_the_statistics_of_the_first_training_images():
     assert not np.allclose(fresh.h_S[1], inputs.h_S[1])
 
 
+def test_caches_are_the_same_bits_in_passes_of_any_size():
+    """The caching pass and `Incremental`'s conv cache are the same float32 bits in one pass
+    of 40 images as in passes of 16 (two and a remainder): the pass size, which
+    `default_cache_batch` picks per backend, changes speed and memory, never a decision."""
+    model, params, (x, y) = small_net(channels=2, n=40, dtype=jnp.float32)
+    one, passes = (stage_inputs(model, params, (x, y), 2, cache_batch=size) for size in (40, 16))
+    for a, b in zip(one.h_S, passes.h_S):
+        np.testing.assert_array_equal(a, b)
+    kernel = params["stages_1"]["Conv_0"]["kernel"]
+    p_one, p_passes = (_conv_output(model.stages[1], one.h_S[1], kernel, size) for size in (40, 16))
+    np.testing.assert_array_equal(p_one, p_passes)
+
+
 def test_caching_passes_hold_their_outputs_and_one_pass():
     """The caching pass and `Incremental`'s conv cache write each pass in place into their
     channel-major outputs: the compiled programs' temporaries are one pass, the same for 64

@@ -3,7 +3,7 @@
 import dataclasses
 
 from rsojax.evaluators.base import OfSequential, candidate_losses, sequential_loss
-from rsojax.evaluators.stage_inputs import CACHE_BATCH, STATS_IMAGES, batch_major, run_axes, stage_inputs
+from rsojax.evaluators.stage_inputs import STATS_IMAGES, batch_major, run_axes, stage_inputs
 from rsojax.models import Sequential, stage_of
 
 
@@ -18,12 +18,13 @@ class Cached(OfSequential):
 
     Args:
       model: a `rsojax.Sequential`.
-      cache_batch: examples per forward pass of the caching pass (memory only).
+      cache_batch: examples per forward pass of the caching pass (the same values at any size);
+        None: `rsojax.evaluators.stage_inputs.default_cache_batch()`, per backend.
       stats_images: the caching pass's BN statistics come from this many first training images.
     """
 
     model: Sequential
-    cache_batch: int = CACHE_BATCH
+    cache_batch: int | None = None
     stats_images: int = STATS_IMAGES
     parallel_safe = True
 

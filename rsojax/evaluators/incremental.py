@@ -72,6 +72,7 @@ from rsojax.evaluators.stage_inputs import (
     STATS_IMAGES,
     StageInputs,
     batch_major,
+    default_cache_batch,
     in_passes,
     map_passes,
     run_axes,
@@ -168,7 +169,10 @@ class Incremental(OfSequential):
     Args:
       model: a `rsojax.Sequential`; the parameters of its ConvBlock and ResidualBlock stages are
         evaluated incrementally, the rest as `Cached` does.
-      cache_batch: examples per forward pass when computing whole-training-set caches (memory only).
+      cache_batch: examples per pass over the training set: its caches (the same values at any
+        size) and the folds of P. None: `stage_inputs.default_cache_batch()` for the caches (on
+        a CPU, passes that stay in the processor's caches), `CACHE_BATCH` for the folds (a fold
+        of 9 taps is cheaper in fewer passes).
       stats_images: the caching pass's BN statistics come from this many first training images.
       shifts_axis: where the 9 pooled shifts of the searched input channel are stacked (the
         same values either way): None picks per backend, the last axis on CPUs (XLA:CPU's
@@ -177,7 +181,7 @@ class Incremental(OfSequential):
     """
 
     model: Sequential
-    cache_batch: int = CACHE_BATCH
+    cache_batch: int | None = None
     stats_images: int = STATS_IMAGES
     shifts_axis: int | None = None
     parallel_safe = False  # its conv cache follows the kernel one weight at a time (`refresh`)
@@ -185,6 +189,10 @@ class Incremental(OfSequential):
     @property
     def _cached(self) -> Cached:
         return Cached(self.model, self.cache_batch, self.stats_images)
+
+    @property
+    def _cache_batch(self) -> int:
+        return self.cache_batch or default_cache_batch()
 
     @property
     def _shifts_axis(self) -> int:
@@ -246,9 +254,9 @@ class Incremental(OfSequential):
             p = previous.p_OxNxHxW
         elif runs:
             shared_input = _main(stage, inputs_axes.h_S[d]) is None
-            p = _conv_output_runs(stage, _main(stage, inputs.h_S[d]), kernel, self.cache_batch, shared_input)
+            p = _conv_output_runs(stage, _main(stage, inputs.h_S[d]), kernel, self._cache_batch, shared_input)
         else:
-            p = _conv_output(stage, _main(stage, inputs.h_S[d]), kernel, self.cache_batch)
+            p = _conv_output(stage, _main(stage, inputs.h_S[d]), kernel, self._cache_batch)
         no_pair = jnp.full((2,), -1, jnp.int32)
         taps = jnp.zeros((3, 3), kernel.dtype)
         ctx = ConvContext(inputs=inputs, kernel=kernel, p_OxNxHxW=p, pair=no_pair, taps=taps, stage=d)
@@ -292,7 +300,7 @@ class Incremental(OfSequential):
                 at = _index(old_co, start, 0, 0)
                 return lax.dynamic_update_slice(p, lax.dynamic_slice(p, at, (1, *dp.shape)) + dp[None], at)
 
-            return in_passes(add, p_OxNxHxW, p_OxNxHxW.shape[1], self.cache_batch)
+            return in_passes(add, p_OxNxHxW, p_OxNxHxW.shape[1], self.cache_batch or CACHE_BATCH)
 
         moved = jnp.any(pair != ctx.pair)
         # Only P goes through the cond: the multi-GB stage inputs stay loop-invariant for XLA.
