@@ -4,8 +4,9 @@ Before a layer is searched, the reference computes the activations entering it f
 training set (in passes of 2000 images; here of `default_cache_batch()`, the same values) and
 starts every candidate evaluation there. That pass runs outside autograd, so its BN layers are
 in inference mode, with the statistics just reset from the first 2000 training images (the
-statistics test evaluation uses), not each pass's own. `h_S[d]` depends only on the parameters of the stages before d (their statistics
-too), so one pass serves every layer of a cycle: RSO visits the last stage first.
+statistics test evaluation uses), not each pass's own. `h_S[d]` depends only on the
+parameters of the stages before d (their statistics too), so one pass serves every layer of a
+cycle: RSO visits the last stage first.
 
 The inputs are stored channel-major, (C, N, ...): one channel of every example is contiguous,
 which is what `Incremental` reads. A stage input that is a pytree (the residual network's
@@ -28,9 +29,9 @@ from rsojax.runs import map_runs
 
 STATS_IMAGES = 2000  # the reference code's BN statistics: the first 2000 training images
 # Examples per pass over the training set. Memory is one pass's activations; the values do not
-# depend on it. On a CPU a pass small enough for its activations to stay in the processor's
-# caches is also faster (a conv-2 context: 1.33 s against 1.77 s with passes of 2000 images);
-# an accelerator wants big passes (each pass is a few kernel launches).
+# depend on it. On a CPU, a pass whose activations stay in the processor's caches between one
+# XLA kernel and the next is also faster than one that goes through main memory (measured in
+# docs/results.md); on an accelerator, each pass costs a few kernel launches, so passes are big.
 CACHE_BATCH = 2000
 CPU_CACHE_BATCH = 128
 
