@@ -43,7 +43,7 @@ import jax.numpy as jnp
 
 import rsojax
 from rsojax import sharding, xla_flags
-from rsojax.conv_kernel import CONVS, resolve_conv, supported
+from rsojax.conv_kernel import CONVS, on_pallas, resolve_conv
 from rsojax.evaluators import EVALUATORS
 from rsojax.evaluators.incremental import handles
 from rsojax.models import GLOBAL_POOLS, ConvBlock, PoolHead, ResidualBlock
@@ -71,7 +71,7 @@ def stage_costs(model) -> tuple[list[float], list[float], list[float]]:
         h, skip = x if isinstance(stage, ResidualBlock) and stage.residual else (x, None)
         _, height, width, c_in = h.shape
         if isinstance(stage, ConvBlock | ResidualBlock):
-            if stage.pool and not (resolve_conv(stage.conv) == "pallas" and supported(c_in, stage.features)):
+            if stage.pool and not on_pallas(stage.conv, c_in, stage.features):
                 pixels, taps = (height // 2) * (width // 2), 16  # one strided 4x4 correlation (conv3x3_xla)
             else:
                 pixels, taps = height * width, 9

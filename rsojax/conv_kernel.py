@@ -79,11 +79,18 @@ def pooled_taps(taps_3x3x: jax.Array) -> jax.Array:
     return sum(jnp.pad(taps_3x3x, ((a, 1 - a), (b, 1 - b), *rest)) for a in range(2) for b in range(2)) * 0.25
 
 
+def on_pallas(conv: str, c_in: int, c_out: int) -> bool:
+    """Whether `conv3x3` runs a convolution of these channels on the Pallas kernel: backend
+    `conv` resolves to "pallas" and the kernel supports the channels; else XLA computes it."""
+    return resolve_conv(conv) == "pallas" and supported(c_in, c_out)
+
+
 def conv3x3_xla(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array, pool: bool = False) -> jax.Array:
     """3x3 conv, stride 1, padding 1, no bias, as `flax.linen.Conv` computes it; with `pool`,
     followed by `avg_pool_2x2`, computed as one 4x4 correlation with stride 2 (`pooled_taps`):
     16 multiply-adds per pooled output and channel pair instead of 36, and no full-size output
-    to write and read back (2.5x faster on a CPU; the values differ by rounding only)."""
+    to write and read back (the values differ from the conv followed by the pool by rounding
+    only)."""
     dtype = jnp.result_type(x_BxHxWxC, kernel_3x3xCxO)  # as `flax.linen.Conv` promotes
     x, kernel = x_BxHxWxC.astype(dtype), kernel_3x3xCxO.astype(dtype)
     kernel, strides = (pooled_taps(kernel), (2, 2)) if pool else (kernel, (1, 1))
@@ -99,7 +106,7 @@ def conv3x3(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array, conv: str = "xla", 
       y per channel over (B, H, W) where the Pallas kernel computed it, else None (BN then
       computes them from y).
     """
-    if resolve_conv(conv) == "pallas" and supported(*kernel_3x3xCxO.shape[2:]):
+    if on_pallas(conv, *kernel_3x3xCxO.shape[2:]):
         y, mean, var = conv3x3_pallas(x_BxHxWxC, kernel_3x3xCxO)
         return (avg_pool_2x2(y), None) if pool else (y, (mean, var))
     return conv3x3_xla(x_BxHxWxC, kernel_3x3xCxO, pool), None
