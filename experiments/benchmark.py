@@ -262,14 +262,19 @@ def time_layer(args, rso, state, data, path: str, previous):
     ctx, first = timed(rso.prepare, state, data, path, previous=previous)
     ctx, prepare_s = timed(rso.prepare, state, data, path, previous=previous)
     # Weights 0 and 1 alone compile the sweep (twice: the state it returns is placed
-    # differently from the one it was given); then `k` weights are timed.
-    (state, _), warm_s = timed(rso.sweep, state, ctx, path, 0, 1)
-    (state, _), warm2_s = timed(rso.sweep, state, ctx, path, 1, 2)
-    # A call's fixed cost (moving the context into the loop), paid once per chunk: the
-    # fastest of three, so that noise does not make the per-weight time negative.
-    call_s = min(timed(rso.sweep, state, ctx, path, 2, 2)[1] for _ in range(3))
+    # differently from the one it was given); then `k` weights are timed. Each sweep goes on
+    # from the context the one before returned (it updates the context in place).
+    (state, _, ctx), warm_s = timed(rso.sweep, state, ctx, path, 0, 1)
+    (state, _, ctx), warm2_s = timed(rso.sweep, state, ctx, path, 1, 2)
+    # A call's fixed cost, paid once per chunk: the fastest of three, so that noise does not
+    # make the per-weight time negative.
+    calls = []
+    for _ in range(3):
+        (state, _, ctx), seconds = timed(rso.sweep, state, ctx, path, 2, 2)
+        calls.append(seconds)
+    call_s = min(calls)
     k = window(args.mode, shape, args.weights_per_layer)
-    (state, _), sweep_s = timed(rso.sweep, state, ctx, path, 2, 2 + k)
+    (state, _, ctx), sweep_s = timed(rso.sweep, state, ctx, path, 2, 2 + k)
     per_weight = (sweep_s - call_s if sweep_s > call_s else sweep_s) / k
     compile_s = max(first - prepare_s, 0.0) + max(warm_s + warm2_s - 2 * per_weight, 0.0)
     timing = {"k": k, "prepare_s": prepare_s, "call_s": call_s, "per_weight": per_weight, "compile_s": compile_s}
@@ -280,10 +285,10 @@ def trace_layer(folder: str, rso, state, ctx, path: str, k: int):
     """The layer's `k` timed weights once more, untimed, under the profiler into `folder`,
     with the sweep's compiled HLO beside it (which code each kernel runs)."""
     with jax.profiler.trace(folder, profiler_options=TRACE_OPTIONS):
-        state, _ = jax.block_until_ready(rso.sweep(state, ctx, path, 2, 2 + k))
+        state, _, ctx = jax.block_until_ready(rso.sweep(state, ctx, path, 2, 2 + k))
     with open(os.path.join(folder, "sweep.hlo.txt"), "w") as fh:
         fh.write(rso.lower(state, ctx, path, 2, 2 + k).compile().as_text())
-    return state
+    return state, ctx
 
 
 def layer_result(args, model, costs, path: str, n: int, timing: dict) -> dict:
@@ -360,7 +365,7 @@ def run(args) -> dict:
         n = rso.n_weights(state, path)
         state, ctx, timing = time_layer(args, rso, state, data, path, ctx)
         if args.trace:
-            state = trace_layer(os.path.join(args.trace, path.replace("/", ".")), rso, state, ctx, path, timing["k"])
+            state, ctx = trace_layer(os.path.join(args.trace, path.replace("/", ".")), rso, state, ctx, path, timing["k"])
         compile_seconds += timing["compile_s"]
         row = layer_result(args, model, costs, path, n, timing)
         per_layer.append(row)

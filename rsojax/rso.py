@@ -217,6 +217,29 @@ class RunsContext:
         batched, shared = iter(self.batched if batched is None else batched), iter(self.shared if shared is None else shared)
         return jax.tree.unflatten(self.treedef, [next(batched) if b else next(shared) for b in self.is_batched])
 
+    def axes(self):
+        """The evaluator's context's axes: 0 at each batched leaf, None at each shared one."""
+        return jax.tree.unflatten(self.treedef, [0 if b else None for b in self.is_batched])
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextLayout:
+    """A context's tree structure and, per leaf, whether the sweep updates it (the evaluator's
+    `refreshed`): the sweep takes those leaves apart from the others, and donates them."""
+
+    treedef: Any
+    updated: tuple[bool, ...]
+
+    def split(self, ctx) -> tuple[tuple, tuple]:
+        """(the leaves the sweep keeps as they are, those it updates)."""
+        leaves = jax.tree.leaves(ctx)
+        return tuple(a for a, u in zip(leaves, self.updated) if not u), tuple(a for a, u in zip(leaves, self.updated) if u)
+
+    def join(self, kept, updated):
+        """The context from its two parts."""
+        kept, updated = iter(kept), iter(updated)
+        return jax.tree.unflatten(self.treedef, [next(updated) if u else next(kept) for u in self.updated])
+
 
 @flax.struct.dataclass
 class SweepMetrics:
@@ -405,14 +428,20 @@ class RSO:
         return hash(self._key())
 
     def _jitted_sweeps(self) -> tuple:
-        # With a mesh, the new state comes back replicated exactly as it went in: otherwise its
-        # sharding differs, and the next call of each layer's sweep would compile it again.
-        placed = {} if self.mesh is None else {"out_shardings": replicated(self.mesh)}
-        placed_runs = {} if self.mesh is None else {"out_shardings": by_runs(self.mesh)}
-        return (
-            jax.jit(self._sweep_impl, static_argnames=("path",), **placed),
-            jax.jit(self._sweep_runs_impl, static_argnames=("path",), **placed_runs),
-        )
+        # The parts of the context that `refresh` updates are donated: the loop updates them in
+        # place instead of copying them into its state first (Incremental's P: GBs per call).
+        def jitted(impl, placement):
+            def sweep(state, kept, updated, draws, start, stop, *, path, layout):
+                state, metrics, ctx = impl(state, layout.join(kept, updated), draws, start, stop, path=path)
+                # With a mesh, the new state comes back placed exactly as it went in: otherwise
+                # its sharding differs, and the next call of each layer's sweep would compile again.
+                if self.mesh is not None:
+                    state, metrics = jax.lax.with_sharding_constraint((state, metrics), placement(self.mesh))
+                return state, metrics, layout.split(ctx)[1]
+
+            return jax.jit(sweep, static_argnames=("path", "layout"), donate_argnames="updated")
+
+        return jitted(self._sweep_impl, replicated), jitted(self._sweep_runs_impl, by_runs)
 
     def init(self, params, key: jax.Array, data) -> RSOState:
         """The state before the first cycle.
@@ -592,7 +621,10 @@ class RSO:
           stop: one past the last (None: the layer's end).
 
         Returns:
-          The new state and the `SweepMetrics` of these weights.
+          The new state, the `SweepMetrics` of these weights, and the context after them (pass
+          it on to sweep the next weights, or to `prepare` as `previous`). What `refresh`
+          updates in `ctx` (the evaluator's `refreshed` parts, such as `Incremental`'s P) is
+          updated in place: `ctx` itself may not be swept again.
 
         Raises:
           ValueError: the range is outside the layer, or a parallel granularity is given
@@ -600,7 +632,12 @@ class RSO:
         """
         with precision_scope(self.config.precision):
             draws = self.layer_draws(state, path)
-            return self._sweeper(state)(state, ctx, draws, *self._range(state, path, start, stop), path=path)
+            layout = self._layout(ctx)
+            kept, updated = layout.split(ctx)
+            state, metrics, updated = self._sweeper(state)(
+                state, kept, updated, draws, *self._range(state, path, start, stop), path=path, layout=layout
+            )
+            return state, metrics, layout.join(kept, updated)
 
     def lower(self, state: RSOState, ctx, path: str, start: int = 0, stop: int | None = None) -> jax.stages.Lowered:
         """The sweep `sweep` would run, lowered (to inspect its HLO).
@@ -617,10 +654,25 @@ class RSO:
         """
         with precision_scope(self.config.precision):
             draws = self.layer_draws(state, path)
-            return self._sweeper(state).lower(state, ctx, draws, *self._range(state, path, start, stop), path=path)
+            layout = self._layout(ctx)
+            return self._sweeper(state).lower(
+                state, *layout.split(ctx), draws, *self._range(state, path, start, stop), path=path, layout=layout
+            )
 
     def _sweeper(self, state):
         return self._sweep if state.runs is None else self._sweep_runs
+
+    def _layout(self, ctx) -> ContextLayout:
+        """Which leaves of `ctx` (the evaluator's, or a `RunsContext`) the sweep updates."""
+        inner = ctx.ctx() if isinstance(ctx, RunsContext) else ctx
+        refreshed = getattr(self.evaluator, "refreshed", None)
+        marks = jax.tree.leaves(jax.tree.map(
+            lambda mark, sub: jax.tree.map(lambda _: bool(mark), sub),
+            False if refreshed is None else refreshed(inner), inner, is_leaf=lambda a: a is None,
+        ))
+        if isinstance(ctx, RunsContext):  # its leaves: the batched ones, then the shared ones
+            marks = [m for m, b in zip(marks, ctx.is_batched) if b] + [m for m, b in zip(marks, ctx.is_batched) if not b]
+        return ContextLayout(jax.tree.structure(ctx), tuple(marks))
 
     def _range(self, state, path, start, stop):
         n = self.n_weights(state, path)
@@ -650,7 +702,7 @@ class RSO:
 
         Yields:
           `(state, metrics, stop, ctx)` after each chunk: the state after it, its metrics, the
-          next visit position, and the context it used (pass it on as the next `ctx`).
+          next visit position, and the context after it (pass it on as the next `ctx`).
 
         Raises:
           ValueError: `data` is not the state's training set, or `path` is not searched.
@@ -662,7 +714,7 @@ class RSO:
         for pos in range(start, n, size):
             stop = min(pos + size, n)
             ctx = self._prepare(state, data, path, ctx)
-            state, metrics = self.sweep(state, ctx, path, pos, stop)
+            state, metrics, ctx = self.sweep(state, ctx, path, pos, stop)
             yield state, metrics, stop, ctx
 
     def layer(self, state: RSOState, data, path: str, chunk_size: int | None = None) -> tuple[RSOState, SweepMetrics]:
@@ -797,7 +849,7 @@ class RSO:
                 functools.partial(search, ctx), state.params, path, order, dw, batch, cfg.granularity,
                 cfg.parallel_vmap, zeros,
             )
-            return state.replace(params=params), metrics
+            return state.replace(params=params), metrics, ctx
 
         def visit(i, carry):
             params, ctx, metrics = carry
@@ -807,19 +859,24 @@ class RSO:
             return with_weight(params, path, j, new), ctx, metrics + m
 
         carry = (state.params, ctx, zeros)
-        params, _, metrics = jax.lax.fori_loop(start, stop, visit, carry)
-        return state.replace(params=params), metrics
+        params, ctx, metrics = jax.lax.fori_loop(start, stop, visit, carry)
+        return state.replace(params=params), metrics, ctx
 
     def _sweep_runs_impl(self, state: RSOState, ctx: RunsContext, draws: LayerDraws, start, stop, *, path: str):
         """`_sweep_impl` mapped over the runs; the context's shared leaves are not mapped."""
 
         def one(state, batched, shared, draws):
-            return self._sweep_impl(state, ctx.ctx(batched, shared), draws, start, stop, path=path, runs=True)
+            state, metrics, out = self._sweep_impl(state, ctx.ctx(batched, shared), draws, start, stop, path=path, runs=True)
+            out = RunsContext.of(out, ctx.axes())
+            return state, metrics, out.batched, out.shared
 
         # With a 'runs' mesh axis, the run axis of everything inside (the batch's sharding
         # constraint included) is split over it.
         spmd = RUNS if run_groups(self.mesh) > 1 else None
-        return jax.vmap(one, in_axes=(0, 0, None, 0), spmd_axis_name=spmd)(state, ctx.batched, ctx.shared, draws)
+        state, metrics, batched, shared = jax.vmap(one, in_axes=(0, 0, None, 0), out_axes=(0, 0, 0, None), spmd_axis_name=spmd)(
+            state, ctx.batched, ctx.shared, draws
+        )
+        return state, metrics, ctx.replace(batched=batched, shared=shared)
 
 
 def candidate_values(w, dw, keep) -> jax.Array:

@@ -199,7 +199,7 @@ def test_rso_takes_the_same_decisions():
         rso = rsojax.RSO(Incremental(tiny_net(conv)), [path], rsojax.RSOConfig(batch_size=8, sigma_scale=4.0))
         state = rso.init(params, jax.random.key(3), (x, y))
         results.append(rso.sweep(state, rso.prepare(state, (x, y), path), path, 0, 12))
-    (state_xla, m_xla), (state_pallas, m_pallas) = results
+    (state_xla, m_xla, _), (state_pallas, m_pallas, _) = results
     assert int(m_xla.accepted) > 0  # decisions to agree on
     np.testing.assert_array_equal(rsojax.get_leaf(state_pallas.params, path), rsojax.get_leaf(state_xla.params, path))
     assert int(m_pallas.accepted) == int(m_xla.accepted)
@@ -216,11 +216,11 @@ def test_runs_batched_through_the_kernel_decide_as_alone():
     with runs_batched_as_on_gpus():
         runs = rsojax.RSO(Incremental(tiny_net("pallas")), [path], config)
         state = runs.init_runs(jax.tree.map(lambda *a: jnp.stack(a), *params), jnp.stack([jax.random.key(3), jax.random.key(4)]), (x, y))
-        state, metrics = runs.sweep(state, runs.prepare(state, (x, y), path), path, 0, 12)
+        state, metrics, _ = runs.sweep(state, runs.prepare(state, (x, y), path), path, 0, 12)
     alone = rsojax.RSO(Incremental(tiny_net("xla")), [path], config)
     for k, seed in enumerate((3, 4)):
         want = alone.init(params[k], jax.random.key(seed), (x, y))
-        want, want_metrics = alone.sweep(want, alone.prepare(want, (x, y), path), path, 0, 12)
+        want, want_metrics, _ = alone.sweep(want, alone.prepare(want, (x, y), path), path, 0, 12)
         assert int(want_metrics.accepted) > 0 and int(metrics.accepted[k]) == int(want_metrics.accepted)
         np.testing.assert_allclose(rsojax.get_leaf(state.params, path)[k], rsojax.get_leaf(want.params, path), rtol=1e-12, atol=0)
 

@@ -47,9 +47,8 @@ def test_decisions_match_the_literal_reference(tiny, path):
     order = weight_order(get_leaf(params, path).shape)
     kept = np.asarray(values)[positions, np.asarray(chosen)]
     np.testing.assert_allclose(kept, expected_leaf.ravel()[order[positions]], rtol=1e-14)
-    ctx = rso.prepare(state, data, path)
     for i in positions:
-        swept, _ = rso.sweep(state, ctx, path, int(i), int(i) + 1)
+        swept, _, _ = rso.sweep(state, rso.prepare(state, data, path), path, int(i), int(i) + 1)
         # The same dw, w' and choice: XLA may fuse w' - dw differently in the two programs (an ulp).
         np.testing.assert_allclose(get_leaf(swept.params, path).ravel()[order[i]], kept[i], rtol=1e-14)
     assert set(expected) & {1, 2}  # not vacuous: some weights move

@@ -56,7 +56,7 @@ def rso_run(case, mesh):
     accepted = []
     for path in rso.layers:
         ctx = rso.prepare(state, data, path)
-        state, m = rso.sweep(state, ctx, path, 0, min(case["weights"], rso.n_weights(state, path)))
+        state, m, ctx = rso.sweep(state, ctx, path, 0, min(case["weights"], rso.n_weights(state, path)))
         accepted.append(int(m.accepted))
     out = {"accepted": accepted, "params": [np.asarray(a).ravel().tolist() for a in jax.tree.leaves(state.params)]}
     if case.get("hlo") and mesh is not None and mesh.size == 2:

@@ -115,7 +115,7 @@ def engine_choices(rso, state, data, path):
     for i in range(len(order)):
         ctx = rso.prepare(state, data, path, previous=ctx)
         before = rsojax.get_leaf(state.params, path).ravel()[order[i]]
-        state, m = rso.sweep(state, ctx, path, i, i + 1)
+        state, m, ctx = rso.sweep(state, ctx, path, i, i + 1)
         after = rsojax.get_leaf(state.params, path).ravel()[order[i]]
         if int(m.nonfinite):
             choices.append(-1)
@@ -184,7 +184,7 @@ def test_metrics_are_the_losses_of_the_kept_values(small_convnet):
         batch = (data[0][idx], data[1][idx])
         leaf = rsojax.get_leaf(state.params, path)
         decayed = rsojax.set_leaf(state.params, path, leaf.at[pos].multiply(1 - rso.config.weight_decay))
-        state, m = rso.sweep(state, ctx, path, i, i + 1)
+        state, m, ctx = rso.sweep(state, ctx, path, i, i + 1)
         assert float(m.loss_before) == pytest.approx(float(loss(decayed, batch)), rel=1e-10), i
         assert float(m.loss_after) == pytest.approx(float(loss(state.params, batch)), rel=1e-10), i
         accepted += int(m.accepted)
@@ -246,7 +246,7 @@ def test_kept_values_are_w_plus_or_minus_dw_rounded_twice(small_convnet, evaluat
     changed = 0
     for path in ("stages_6/Dense_0/kernel", "stages_2/Conv_0/kernel"):
         n = min(40, rso.n_weights(state, path))
-        after, _ = rso.sweep(state, rso.prepare(state, data, path), path, 0, n)
+        after, _, _ = rso.sweep(state, rso.prepare(state, data, path), path, 0, n)
         order, dw, _ = rso.draws(state, path)
         w0 = np.asarray(get_leaf(state.params, path)).ravel()
         w1 = np.asarray(get_leaf(after.params, path)).ravel()
@@ -282,6 +282,40 @@ def test_chunked_sweep_equals_whole_sweep(small_mlp):
     assert [int(m.accepted) for _, m in m_whole] == [int(m.accepted) for _, m in m_chunked]
 
 
+@pytest.mark.parametrize("runs", [None, 2])
+def test_a_sweep_goes_on_from_the_context_it_returns(small_convnet, runs):
+    """`Incremental`'s P and pending pair, which `refresh` updates, are donated to the sweep
+    and come back in the context it returns: sweeping a conv layer in three calls, each going
+    on from the last one's context (breaks inside a channel pair), gives the bits of one call,
+    parameters and P (a sweep that returned its input's P or pair, without the folds since,
+    fails this), and the context given is used up (a sweep that copied it would not be)."""
+    model, params, data = small_convnet
+    params = jax.tree.map(lambda a: a.astype(jnp.float32), params)
+    data = (data[0].astype(jnp.float32), data[1])
+    path = "stages_1/Conv_0/kernel"
+    rso = make_rso(model, "incremental", 8)
+    if runs is None:
+        state = rso.init(params, jax.random.key(4), data)
+    else:
+        stacked = jax.tree.map(lambda a: jnp.stack([a, a * 0.5]), params)
+        state = rso.init_runs(stacked, jnp.stack([jax.random.key(4), jax.random.key(5)]), data)
+    n = rso.n_weights(state, path)
+    whole, m_whole, ctx_whole = rso.sweep(state, rso.prepare(state, data, path), path)
+    parts, ctx, accepted = state, rso.prepare(state, data, path), 0
+    for start, stop in ((0, 5), (5, 23), (23, n)):
+        given = ctx
+        parts, m, ctx = rso.sweep(parts, ctx, path, start, stop)
+        accepted = accepted + m.accepted
+        p_given = given.ctx().p_OxNxHxW if runs else given.p_OxNxHxW
+        assert p_given.is_deleted()
+    np.testing.assert_array_equal(get_leaf(parts.params, path), get_leaf(whole.params, path))
+    np.testing.assert_array_equal(accepted, m_whole.accepted)
+    assert np.all(np.asarray(m_whole.accepted) > 0)  # the folds change P: not vacuous
+    final, final_whole = (c.ctx() if runs else c for c in (ctx, ctx_whole))
+    np.testing.assert_array_equal(final.p_OxNxHxW, final_whole.p_OxNxHxW)
+    np.testing.assert_array_equal(final.pair, final_whole.pair)
+
+
 def test_equal_trainers_share_their_compiled_sweeps(small_mlp):
     """An `RSO` built again with the same evaluator, layers, config and mesh (a notebook cell run
     again, the same trainer per run) equals the first, and its sweep is neither traced nor
@@ -293,7 +327,7 @@ def test_equal_trainers_share_their_compiled_sweeps(small_mlp):
     assert first != make_rso(model, "cached", 10) and first != make_rso(model, "generic", 8)
     state = first.init(params, jax.random.key(5), data)
     path = first.layers[0]
-    expected, _ = first.sweep(state, first.prepare(state, data, path), path)
+    expected, _, _ = first.sweep(state, first.prepare(state, data, path), path)
     ctx = again.prepare(state, data, path)
     events = []
 
@@ -302,7 +336,7 @@ def test_equal_trainers_share_their_compiled_sweeps(small_mlp):
 
     jax.monitoring.register_event_duration_secs_listener(listen)
     try:
-        got, _ = again.sweep(state, ctx, path)
+        got, _, _ = again.sweep(state, ctx, path)
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
     assert [e for e in events if e.startswith("/jax/core/compile/")] == []
@@ -312,7 +346,7 @@ def test_equal_trainers_share_their_compiled_sweeps(small_mlp):
         __hash__ = None
 
     alone = rsojax.RSO(Unhashable(model), first.layers, first.config)
-    got, _ = alone.sweep(state, alone.prepare(state, data, path), path)
+    got, _, _ = alone.sweep(state, alone.prepare(state, data, path), path)
     np.testing.assert_array_equal(rsojax.get_leaf(got.params, path), rsojax.get_leaf(expected.params, path))
 
 

@@ -16,6 +16,11 @@ ordering and acceptance live in `rsojax.rso` and do not change with it. It has t
   pytree prefix of `ctx`, says which parts have a leading run axis (0) and which every run
   shares (None); the engine maps `refresh` and `losses` over the runs. Without it an
   evaluator serves one run at a time.
+- `refreshed(ctx) -> marks`, optional: a pytree prefix of `ctx`, True for the parts that
+  `refresh` changes. A sweep donates them to its compiled loop, which updates them in place,
+  and returns them in the context it ends with; they must belong to the context alone (never
+  be the parameters' or the data's arrays). Without it `refresh` must return the context
+  unchanged.
 
 and two attributes: `example_shape` (the shape of one input, checked before work starts; None:
 any) and `parallel_safe` (the context prepared for a layer serves every weight of it without
@@ -101,6 +106,17 @@ class Evaluator(Protocol):
         Returns:
           `(ctx, axes)`: the runs' context, and a pytree prefix of it with 0 where it has a
           leading run axis and None where the runs share it.
+        """
+        ...
+
+    def refreshed(self, ctx) -> Any:
+        """What `refresh` changes in a context (optional; see the module docstring).
+
+        Args:
+          ctx: a context `prepare` gave.
+
+        Returns:
+          A pytree prefix of `ctx`: True where `refresh` changes it, False elsewhere.
         """
         ...
 

@@ -258,12 +258,25 @@ class Incremental(OfSequential):
         else:
             p = _conv_output(stage, _main(stage, inputs.h_S[d]), kernel, self._cache_batch)
         no_pair = jnp.full((2,), -1, jnp.int32)
-        taps = jnp.zeros((3, 3), kernel.dtype)
+        taps = jnp.zeros(kernel.shape[:-4] + (3, 3), kernel.dtype)  # with runs, each run's own
         ctx = ConvContext(inputs=inputs, kernel=kernel, p_OxNxHxW=p, pair=no_pair, taps=taps, stage=d)
-        # The pair and its taps are the same for every run (the runs visit the same weight):
-        # shared, the fold's condition stays a branch under the runs' vmap.
-        axes = ConvContext(inputs=inputs_axes, kernel=0, p_OxNxHxW=0, pair=None, taps=None, stage=d) if runs else None
+        # The pair is the same for every run (the runs visit the same weight): shared, the
+        # fold's condition stays a branch under the runs' vmap.
+        axes = ConvContext(inputs=inputs_axes, kernel=0, p_OxNxHxW=0, pair=None, taps=0, stage=d) if runs else None
         return ctx, axes
+
+    def refreshed(self, ctx):
+        """What `refresh` updates: P and its pending pair (a sweep updates them in place).
+
+        Args:
+          ctx: a context `prepare` gave.
+
+        Returns:
+          A pytree prefix of `ctx`: True where `refresh` changes it.
+        """
+        if not isinstance(ctx, ConvContext):
+            return False
+        return ConvContext(inputs=False, kernel=False, p_OxNxHxW=True, pair=True, taps=True, stage=ctx.stage)
 
     def refresh(self, ctx, params, path, j):
         """Folds the previous (input, output) channel pair's changes into P when weight `j` is of another pair.
