@@ -627,13 +627,18 @@ class RSO:
           updated in place: `ctx` itself may not be swept again.
 
         Raises:
-          ValueError: the range is outside the layer, or a parallel granularity is given
-            less than the whole layer.
+          ValueError: the range is outside the layer, a parallel granularity is given less
+            than the whole layer, or `ctx` was used up by an earlier sweep.
         """
         with precision_scope(self.config.precision):
             draws = self.layer_draws(state, path)
             layout = self._layout(ctx)
             kept, updated = layout.split(ctx)
+            if any(isinstance(a, jax.Array) and a.is_deleted() for a in updated):
+                raise ValueError(
+                    "ctx: an earlier sweep used this context up (it updates the evaluator's caches in place); "
+                    "pass on the context that sweep returned, or prepare one"
+                )
             state, metrics, updated = self._sweeper(state)(
                 state, kept, updated, draws, *self._range(state, path, start, stop), path=path, layout=layout
             )

@@ -288,7 +288,8 @@ def test_a_sweep_goes_on_from_the_context_it_returns(small_convnet, runs):
     and come back in the context it returns: sweeping a conv layer in three calls, each going
     on from the last one's context (breaks inside a channel pair), gives the bits of one call,
     parameters and P (a sweep that returned its input's P or pair, without the folds since,
-    fails this), and the context given is used up (a sweep that copied it would not be)."""
+    fails this), and the context given is used up (a sweep that copied it would not be): a
+    sweep given it again says so."""
     model, params, data = small_convnet
     params = jax.tree.map(lambda a: a.astype(jnp.float32), params)
     data = (data[0].astype(jnp.float32), data[1])
@@ -308,6 +309,8 @@ def test_a_sweep_goes_on_from_the_context_it_returns(small_convnet, runs):
         accepted = accepted + m.accepted
         p_given = given.ctx().p_OxNxHxW if runs else given.p_OxNxHxW
         assert p_given.is_deleted()
+    with pytest.raises(ValueError, match="ctx: an earlier sweep used this context up"):
+        rso.sweep(parts, given, path, 0, 1)
     np.testing.assert_array_equal(get_leaf(parts.params, path), get_leaf(whole.params, path))
     np.testing.assert_array_equal(accepted, m_whole.accepted)
     assert np.all(np.asarray(m_whole.accepted) > 0)  # the folds change P: not vacuous
