@@ -258,9 +258,9 @@ def time_layer(args, rso, state, data, path: str, previous):
     shape = rso.layer_shape(state, path)
     # Every chunk is prepared from the state it starts from (what `run_rso` does); timed the
     # second time, with the previous layer's context (as the kernel changes between chunks,
-    # later chunks of a layer cannot reuse their predecessor's caches either).
-    # The first context is dropped before the second is timed, as a run holds no context but
-    # `previous` while it prepares (conv 1's 3 GB cache prepared beside another took 3-4.5 s).
+    # later chunks of a layer cannot reuse their predecessor's caches either), and with the
+    # first dropped, as a run holds no other context while it prepares (conv 1's 3 GB cache
+    # prepared beside a second one took 3-4.5 s instead of 1.3 s).
     ctx, first = timed(rso.prepare, state, data, path, previous=previous)
     del ctx
     ctx, prepare_s = timed(rso.prepare, state, data, path, previous=previous)

@@ -18,7 +18,9 @@ sigma are traced), at the precision of `RSOConfig.precision` (`rsojax.precision`
 in chunks of weights (`RSO.chunks`): dw is keyed by (cycle, layer, weight position) and the
 minibatch by (cycle, block, weight position), so chunks take the same decisions in exact
 arithmetic. Each chunk starts from an evaluator context prepared for its own state, which is
-what makes a run resumed at a chunk boundary bit-identical.
+what makes a run resumed at a chunk boundary bit-identical. What the evaluator's `refresh`
+changes in that context (`Evaluator.refreshed`, such as `Incremental`'s cache over the
+training set) is donated to the sweep, which updates it in place and returns it.
 
 Several independent runs advance in lockstep through the same compiled sweeps (`RSO.init_runs`):
 every leaf of their state has a leading run axis, each run draws its own dw and minibatches
