@@ -10,7 +10,7 @@ from test_incremental import LAYERS, make_rso, small_net
 import rsojax
 from rsojax.evaluators import EVALUATORS, applicable, default_evaluator
 from rsojax.evaluators.incremental import _conv_output
-from rsojax.evaluators.stage_inputs import _distinct_stage_inputs, stage_inputs
+from rsojax.evaluators.stage_inputs import _distinct_stage_inputs, in_passes, in_passes_ahead, stage_inputs
 
 
 def test_float64_cycle_identical_for_every_evaluator():
@@ -69,6 +69,25 @@ def test_caches_are_the_same_bits_in_passes_of_any_size():
     kernel = params["stages_1"]["Conv_0"]["kernel"]
     p_one, p_passes = (_conv_output(model.stages[1], one.h_S[1], kernel, size) for size in (40, 16))
     np.testing.assert_array_equal(p_one, p_passes)
+
+
+@pytest.mark.parametrize("n, size", [(7, 3), (9, 3), (7, 7), (5, 8)])
+def test_passes_computed_ahead_add_every_example_once(n, size):
+    """`in_passes_ahead`, which computes each pass an iteration before it writes it, adds what
+    `in_passes` adds: every example once, at its own position, full passes, a remainder, a
+    single pass, a pass longer than the examples."""
+    x = jnp.arange(1.0, n + 1)
+
+    def change(start, length):
+        return jax.lax.dynamic_slice(x, (start,), (length,)) * 10.0
+
+    def add(total, done, start):
+        return jax.lax.dynamic_update_slice(total, jax.lax.dynamic_slice(total, (start,), done.shape) + done, (start,))
+
+    ahead = jax.jit(lambda t: in_passes_ahead(change, add, t, n, size))(jnp.ones(n))
+    fused = jax.jit(lambda t: in_passes(lambda t, s, k: add(t, change(s, k), s), t, n, size))(jnp.ones(n))
+    np.testing.assert_array_equal(ahead, 1.0 + 10.0 * np.arange(1.0, n + 1))
+    np.testing.assert_array_equal(fused, ahead)
 
 
 def test_caching_passes_hold_their_outputs_and_one_pass():

@@ -74,6 +74,7 @@ from rsojax.evaluators.stage_inputs import (
     batch_major,
     default_cache_batch,
     in_passes,
+    in_passes_ahead,
     map_passes,
     run_axes,
     stage_inputs,
@@ -307,13 +308,19 @@ class Incremental(OfSequential):
 
             h = _main(stage, ctx.inputs.h_S[d])
 
-            def add(p, start, size):
+            def change(start, size):
                 x = lax.dynamic_slice(h, _index(old_ci, start, 0, 0), (1, size, *h.shape[2:]))[0]
-                dp = conv3x3_single(self._input(stage, x), dtaps, stage.pool)
-                at = _index(old_co, start, 0, 0)
-                return lax.dynamic_update_slice(p, lax.dynamic_slice(p, at, (1, *dp.shape)) + dp[None], at)
+                return conv3x3_single(self._input(stage, x), dtaps, stage.pool)[None]
 
-            return in_passes(add, p_OxNxHxW, p_OxNxHxW.shape[1], self.cache_batch or CACHE_BATCH)
+            def add(p, dp, start):
+                at = _index(old_co, start, 0, 0)
+                return lax.dynamic_update_slice(p, lax.dynamic_slice(p, at, dp.shape) + dp, at)
+
+            n, size = p_OxNxHxW.shape[1], self.cache_batch or CACHE_BATCH
+            if stage.pool:  # 16 multiply-adds per value, from every other column: worth both cores
+                return in_passes_ahead(change, add, p_OxNxHxW, n, size)
+            # 9 multiply-adds per value, on contiguous rows: bound by memory
+            return in_passes(lambda p, start, size: add(p, change(start, size), start), p_OxNxHxW, n, size)
 
         moved = jnp.any(pair != ctx.pair)
         # Only P goes through the cond: the multi-GB stage inputs stay loop-invariant for XLA.

@@ -51,6 +51,30 @@ def in_passes(add, carry, n: int, size: int):
     return add(carry, full * size, n - full * size) if full * size < n else carry
 
 
+def in_passes_ahead(compute, write, carry, n: int, size: int):
+    """`carry = write(carry, compute(start, length), start)` over examples 0..n-1 in passes of
+    `size`, each pass computed one iteration before it is written (`compute` must not read
+    `carry`).
+
+    A value computed in the iteration that writes it is fused into the in-place update
+    (`dynamic_update_slice`), a loop XLA:CPU runs on one core; carried to the next iteration, it
+    is an array of its own, which XLA:CPU computes split over the cores. That pays where a value
+    costs more to compute than to store once more (many multiply-adds per value); for a copy or
+    a few multiply-adds per value read from memory, `in_passes` is faster.
+    """
+    size = min(size, n)
+    full = n // size
+
+    def step(i, c):
+        carry, done = c
+        return write(carry, done, (i - 1) * size), compute(i * size, size)
+
+    carry, done = lax.fori_loop(1, full, step, (carry, compute(0, size)))
+    carry = write(carry, done, (full - 1) * size)
+    rest = n - full * size
+    return write(carry, compute(full * size, rest), full * size) if rest else carry
+
+
 def map_passes(fn, x: jax.Array, size: int, axis: int = 0):
     """`fn` over the examples of `x` (on `axis`) in passes of `size` (`in_passes`), its outputs
     stored channel-major: memory is the outputs and one pass, never a second copy of either.
