@@ -10,7 +10,7 @@ from test_incremental import LAYERS, make_rso, small_net
 import rsojax
 from rsojax.evaluators import EVALUATORS, applicable, default_evaluator
 from rsojax.evaluators.incremental import _conv_output
-from rsojax.evaluators.stage_inputs import _distinct_stage_inputs, in_passes, in_passes_ahead, stage_inputs
+from rsojax.evaluators.stage_inputs import _distinct_stage_inputs, in_passes, stage_inputs
 
 
 def test_float64_cycle_identical_for_every_evaluator():
@@ -72,10 +72,10 @@ def test_caches_are_the_same_bits_in_passes_of_any_size():
 
 
 @pytest.mark.parametrize("n, size", [(7, 3), (9, 3), (7, 7), (5, 8)])
-def test_passes_computed_ahead_add_every_example_once(n, size):
-    """`in_passes_ahead`, which computes each pass an iteration before it writes it, adds what
-    `in_passes` adds: every example once, at its own position, full passes, a remainder, a
-    single pass, a pass longer than the examples."""
+def test_passes_add_every_example_once(n, size):
+    """`in_passes` with `ahead`, which computes each pass an iteration before it writes it,
+    adds what it adds without: every example once, at its own position, full passes, a
+    remainder, a single pass, a pass longer than the examples."""
     x = jnp.arange(1.0, n + 1)
 
     def change(start, length):
@@ -84,10 +84,10 @@ def test_passes_computed_ahead_add_every_example_once(n, size):
     def add(total, done, start):
         return jax.lax.dynamic_update_slice(total, jax.lax.dynamic_slice(total, (start,), done.shape) + done, (start,))
 
-    ahead = jax.jit(lambda t: in_passes_ahead(change, add, t, n, size))(jnp.ones(n))
-    fused = jax.jit(lambda t: in_passes(lambda t, s, k: add(t, change(s, k), s), t, n, size))(jnp.ones(n))
-    np.testing.assert_array_equal(ahead, 1.0 + 10.0 * np.arange(1.0, n + 1))
-    np.testing.assert_array_equal(fused, ahead)
+    passes = jax.jit(in_passes, static_argnums=(0, 1, 3, 4, 5))
+    for ahead in (True, False):
+        total = passes(change, add, jnp.ones(n), n, size, ahead)
+        np.testing.assert_array_equal(total, 1.0 + 10.0 * np.arange(1.0, n + 1))
 
 
 def test_caching_passes_hold_their_outputs_and_one_pass():

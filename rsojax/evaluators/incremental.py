@@ -74,7 +74,6 @@ from rsojax.evaluators.stage_inputs import (
     batch_major,
     default_cache_batch,
     in_passes,
-    in_passes_ahead,
     map_passes,
     run_axes,
     stage_inputs,
@@ -316,11 +315,10 @@ class Incremental(OfSequential):
                 at = _index(old_co, start, 0, 0)
                 return lax.dynamic_update_slice(p, lax.dynamic_slice(p, at, dp.shape) + dp, at)
 
-            n, size = p_OxNxHxW.shape[1], self.cache_batch or CACHE_BATCH
-            if stage.pool:  # 16 multiply-adds per value, from every other column: worth both cores
-                return in_passes_ahead(change, add, p_OxNxHxW, n, size)
-            # 9 multiply-adds per value, on contiguous rows: bound by memory
-            return in_passes(lambda p, start, size: add(p, change(start, size), start), p_OxNxHxW, n, size)
+            # Pooled: 16 multiply-adds per value, from every other column, worth both cores;
+            # unpooled: 9 per value, on contiguous rows, bound by memory.
+            size = self.cache_batch or CACHE_BATCH
+            return in_passes(change, add, p_OxNxHxW, p_OxNxHxW.shape[1], size, ahead=stage.pool)
 
         moved = jnp.any(pair != ctx.pair)
         # Only P goes through the cond: the multi-GB stage inputs stay loop-invariant for XLA.

@@ -42,35 +42,29 @@ def default_cache_batch() -> int:
     return CPU_CACHE_BATCH if jax.default_backend() == "cpu" else CACHE_BATCH
 
 
-def in_passes(add, carry, n: int, size: int):
-    """`carry = add(carry, start, length)` over examples 0..n-1 in passes of `size` (a loop, so
-    the temporaries are those of one pass)."""
-    size = min(size, n)
-    full = n // size
-    carry = lax.fori_loop(0, full, lambda i, c: add(c, i * size, size), carry)
-    return add(carry, full * size, n - full * size) if full * size < n else carry
-
-
-def in_passes_ahead(compute, write, carry, n: int, size: int):
+def in_passes(compute, write, carry, n: int, size: int, ahead: bool = False):
     """`carry = write(carry, compute(start, length), start)` over examples 0..n-1 in passes of
-    `size`, each pass computed one iteration before it is written (`compute` must not read
-    `carry`).
+    `size` (a loop, so the temporaries are those of one pass); `compute` must not read `carry`.
 
-    A value computed in the iteration that writes it is fused into the in-place update
-    (`dynamic_update_slice`), a loop XLA:CPU runs on one core; carried to the next iteration, it
-    is an array of its own, which XLA:CPU computes split over the cores. That pays where a value
-    costs more to compute than to store once more (many multiply-adds per value); for a copy or
-    a few multiply-adds per value read from memory, `in_passes` is faster.
+    With `ahead`, each pass is computed one iteration before it is written. A value computed in
+    the iteration that writes it is fused into the in-place update (`dynamic_update_slice`), a
+    loop XLA:CPU runs on one core; carried to the next iteration, it is an array of its own,
+    which XLA:CPU computes split over the cores. That pays where a value costs more to compute
+    than to store once more (many multiply-adds per value), not for a copy or a few
+    multiply-adds per value read from memory.
     """
     size = min(size, n)
     full = n // size
+    if ahead:
 
-    def step(i, c):
-        carry, done = c
-        return write(carry, done, (i - 1) * size), compute(i * size, size)
+        def step(i, c):
+            carry, done = c
+            return write(carry, done, (i - 1) * size), compute(i * size, size)
 
-    carry, done = lax.fori_loop(1, full, step, (carry, compute(0, size)))
-    carry = write(carry, done, (full - 1) * size)
+        carry, done = lax.fori_loop(1, full, step, (carry, compute(0, size)))
+        carry = write(carry, done, (full - 1) * size)
+    else:
+        carry = lax.fori_loop(0, full, lambda i, c: write(c, compute(i * size, size), i * size), carry)
     rest = n - full * size
     return write(carry, compute(full * size, rest), full * size) if rest else carry
 
@@ -87,13 +81,15 @@ def map_passes(fn, x: jax.Array, size: int, axis: int = 0):
     def channels_first(x_pass):
         return jax.tree.map(lambda a: jnp.moveaxis(a, -1, 0), fn(x_pass))
 
-    def write(out, start, length):
-        x_pass = lax.dynamic_slice_in_dim(x, start, length, axis)
-        return jax.tree.map(lambda o, a: lax.dynamic_update_slice_in_dim(o, a, start, 1), out, channels_first(x_pass))
+    def compute(start, length):
+        return channels_first(lax.dynamic_slice_in_dim(x, start, length, axis))
+
+    def write(out, done, start):
+        return jax.tree.map(lambda o, a: lax.dynamic_update_slice_in_dim(o, a, start, 1), out, done)
 
     one_pass = jax.ShapeDtypeStruct(x.shape[:axis] + (min(size, n),) + x.shape[axis + 1 :], x.dtype)
     out = jax.tree.map(lambda s: jnp.zeros((s.shape[0], n, *s.shape[2:]), s.dtype), jax.eval_shape(channels_first, one_pass))
-    return in_passes(write, out, n, size)
+    return in_passes(compute, write, out, n, size)
 
 
 def batch_major(h_CxN, idx_B: jax.Array):
