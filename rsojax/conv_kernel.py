@@ -6,8 +6,9 @@ kernel), with the 2x2 average pool that follows it in a pooled block, goes throu
 model runs on either backend and the choice is part of every jit's cache key (the model is a
 static argument):
 
-- "xla": `lax.conv_general_dilated`, exactly what `flax.linen.Conv` computes (cuDNN on a GPU);
-  a pooled block's conv and pool as one 4x4 correlation with stride 2 (`conv3x3_xla`).
+- "xla": `lax.conv_general_dilated`, what `flax.linen.Conv` computes (cuDNN on a GPU); a
+  pooled block's conv and pool as one 4x4 correlation with stride 2, and a network's first
+  conv (1 or 3 input channels) as shifted multiply-adds (`conv3x3_xla`).
 - "pallas": `conv3x3_pallas`, a Pallas kernel (Triton lowering on a GPU), in true float32 (its
   dots are `Precision.HIGHEST`, which Triton lowers to IEEE, never TF32), that returns the
   per-channel mean and variance of its output with it, so BN's statistics cost no second read
@@ -40,6 +41,11 @@ from jax.experimental.pallas import triton as pl_triton
 CONVS = ("xla", "pallas", "auto")
 BLOCK_ROWS = 128  # rows (pixels) per program: a power of two (Triton's tiles), tunable per card
 NUM_WARPS = 4  # Triton warps per program
+# Input channels up to which `conv3x3_xla` is shifted multiply-adds rather than XLA's
+# convolution: a network's first conv (grey or RGB images). With so few channels, XLA's CPU
+# convolution spends its time packing its input and runs several times slower than the
+# multiply-adds (docs/results.md); on a GPU both are a pass over memory.
+FEW_CHANNELS = 3
 
 
 def check_conv(conv: str) -> str:
@@ -79,6 +85,33 @@ def pooled_taps(taps_3x3x: jax.Array) -> jax.Array:
     return sum(jnp.pad(taps_3x3x, ((a, 1 - a), (b, 1 - b), *rest)) for a in range(2) for b in range(2)) * 0.25
 
 
+def conv3x3_single(x_BxHxW: jax.Array, taps_3x3x: jax.Array, pool: bool = False) -> jax.Array:
+    """The 3x3 convolution (padding 1; with `pool`, then `avg_pool_2x2`) of one input channel, as
+    shifted multiply-adds (XLA's CPU convolution is slow with few input channels): taps
+    (3, 3, O) give (B, H', W', O), taps (3, 3) one output channel (B, H', W'), without a minor
+    axis of size 1, which XLA:CPU would not vectorise. With `pool`, one 4x4 correlation with
+    stride 2 (`pooled_taps`): 16 multiply-adds per output instead of 36."""
+    h, w = x_BxHxW.shape[1:]
+    if not pool:
+        x_pad = jnp.pad(x_BxHxW, ((0, 0), (1, 1), (1, 1)))
+        x_pad = x_pad[..., None] if taps_3x3x.ndim == 3 else x_pad
+        return sum(x_pad[:, u : u + h, v : v + w] * taps_3x3x[u, v] for u in range(3) for v in range(3))
+    taps, h_out, w_out = pooled_taps(taps_3x3x), h // 2, w // 2
+    rows = jnp.pad(x_BxHxW, ((0, 0), (1, 1), (0, 0)))  # row r + 1 is x's row r
+    if taps.ndim == 2:
+        # Output column q reads x's columns 2q - 1, 2q, 2q + 1, 2q + 2: odd column q - 1, even
+        # q, odd q, even q + 1. Taken from the even and the odd columns apart, every read is
+        # contiguous along the minor axis, which XLA:CPU's loops vectorise (they do not vectorise
+        # a read with stride 2 there); the sums are the same.
+        even = jnp.pad(rows, ((0, 0), (0, 0), (0, 1)))[:, :, 0 : 2 * w_out + 1 : 2]  # columns 0, 2, .., 2 w_out
+        odd = jnp.pad(rows, ((0, 0), (0, 0), (1, 0)))[:, :, 0 : 2 * w_out + 1 : 2]  # columns -1, 1, .., 2 w_out - 1
+        columns = (odd[..., :w_out], even[..., :w_out], odd[..., 1:], even[..., 1:])
+    else:
+        x_pad = jnp.pad(rows, ((0, 0), (0, 0), (1, 1)))[..., None]
+        columns = tuple(x_pad[:, :, v : v + 2 * w_out : 2] for v in range(4))
+    return sum(columns[v][:, u : u + 2 * h_out : 2] * taps[u, v] for u in range(4) for v in range(4))
+
+
 def on_pallas(conv: str, c_in: int, c_out: int) -> bool:
     """Whether `conv3x3` runs a convolution of these channels on the Pallas kernel: backend
     `conv` resolves to "pallas" and the kernel supports the channels; else XLA computes it."""
@@ -89,10 +122,17 @@ def conv3x3_xla(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array, pool: bool = Fa
     """3x3 conv, stride 1, padding 1, no bias, as `flax.linen.Conv` computes it; with `pool`,
     followed by `avg_pool_2x2`, computed as one 4x4 correlation with stride 2 (`pooled_taps`):
     16 multiply-adds per pooled output and channel pair instead of 36, and no full-size output
-    to write and read back (the values differ from the conv followed by the pool by rounding
-    only)."""
+    to write and read back. A network's first conv (`FEW_CHANNELS` input channels or fewer) is
+    shifted multiply-adds, channel by channel (`conv3x3_single`), in float32 on every backend.
+    The values differ from `flax.linen.Conv`'s (and from the conv followed by the pool) by
+    rounding only."""
     dtype = jnp.result_type(x_BxHxWxC, kernel_3x3xCxO)  # as `flax.linen.Conv` promotes
     x, kernel = x_BxHxWxC.astype(dtype), kernel_3x3xCxO.astype(dtype)
+    if x.shape[-1] <= FEW_CHANNELS:
+        y = conv3x3_single(x[..., 0], kernel[:, :, 0], pool)
+        for c in range(1, x.shape[-1]):
+            y = y + conv3x3_single(x[..., c], kernel[:, :, c], pool)
+        return y
     kernel, strides = (pooled_taps(kernel), (2, 2)) if pool else (kernel, (1, 1))
     return lax.conv_general_dilated(x, kernel, strides, ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
 

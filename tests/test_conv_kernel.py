@@ -11,7 +11,7 @@ import pytest
 from conftest import runs_batched_as_on_gpus
 
 import rsojax
-from rsojax.conv_kernel import conv3x3, conv3x3_pallas, conv3x3_xla
+from rsojax.conv_kernel import conv3x3, conv3x3_pallas, conv3x3_single, conv3x3_xla
 from rsojax.evaluators import Incremental
 from rsojax.experiment import ExperimentConfig, UsageError, build_model, parse_flags
 from rsojax.models import ConvBlock, PoolHead, Sequential
@@ -83,6 +83,25 @@ def test_pooled_convolution_is_the_conv_then_the_pool(conv, shape):
     ref = full.reshape(b, h // 2, 2, w // 2, 2, 16).mean((2, 4))
     assert stats is None  # BN takes its statistics of the pooled values
     np.testing.assert_allclose(np.asarray(y), ref, rtol=0, atol=1e-13 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize("shape", [(2, 7, 9, 1), (2, 6, 5, 3)])
+def test_first_conv_is_the_literal_conv(shape, pool):
+    """A network's first conv (1 or 3 input channels: shifted multiply-adds, channel by channel)
+    and the one-channel form with taps (3, 3, O) or (3, 3) (`Incremental`'s folds and changes)
+    are the literal conv, pooled or not, on odd sizes too (float64)."""
+    x, k = inputs(shape, 4, jnp.float64)
+    b, h, w, _ = shape
+    ref = literal_conv(x, k)
+    if pool:
+        ref = ref[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, 4).mean((2, 4))
+    tol = 1e-13 * np.abs(ref).max()
+    np.testing.assert_allclose(np.asarray(conv3x3_xla(x, k, pool)), ref, rtol=0, atol=tol)
+    if shape[-1] == 1:
+        np.testing.assert_allclose(np.asarray(conv3x3_single(x[..., 0], k[:, :, 0], pool)), ref, rtol=0, atol=tol)
+        one = conv3x3_single(x[..., 0], k[:, :, 0, 1], pool)
+        np.testing.assert_allclose(np.asarray(one), ref[..., 1], rtol=0, atol=tol)
 
 
 def test_candidates_on_the_grid():
@@ -242,12 +261,13 @@ def test_switch_settings():
 
 
 def test_xla_backend_is_flax_conv():
-    """The XLA path computes what `flax.linen.Conv` did: same parameters, same values."""
+    """The XLA path computes what `flax.linen.Conv` did: same parameters, same values (a
+    network's first conv, of fewer channels, to rounding: `test_first_conv_is_the_literal_conv`)."""
     import flax.linen as nn
 
     from rsojax.models import Conv3x3, he_normal
 
-    x = inputs((2, 5, 5, 3), 1, jnp.float64)[0]
+    x = inputs((2, 5, 5, 4), 1, jnp.float64)[0]
     conv = nn.Conv(4, (3, 3), padding=1, use_bias=False, kernel_init=he_normal)
     ours = Conv3x3(4)
     p_flax, p_ours = conv.init(jax.random.key(0), x), ours.init(jax.random.key(0), x)

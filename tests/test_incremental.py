@@ -13,9 +13,7 @@ from conftest import init_params, random_data
 from test_rso import reference_loss, reference_sweep
 
 import rsojax
-from rsojax.conv_kernel import conv3x3_xla
 from rsojax.evaluators import Incremental
-from rsojax.evaluators.incremental import conv3x3_single
 from rsojax.rso import choose
 from rsojax.sampling import batch_at, block_permutation
 from rsojax.schedule import anneal
@@ -135,17 +133,6 @@ def test_shift_layouts_give_the_same_losses(path):
     first, last = losses(0), losses(-1)
     assert np.ptp(first, axis=1).min() > 0  # the candidates differ
     np.testing.assert_allclose(first, last, rtol=1e-13, atol=0)
-
-
-@pytest.mark.parametrize("pool", [False, True])
-def test_one_channel_convolution_is_xlas(pool):
-    """The shifted multiply-adds of one input channel (the caching pass's first conv, the folds
-    of P, conv d+1's change) are XLA's convolution, pooled or not, on odd sizes too (float64)."""
-    rng = np.random.default_rng(0)
-    x, taps = jnp.asarray(rng.standard_normal((2, 7, 9))), jnp.asarray(rng.standard_normal((3, 3, 4)))
-    xla = conv3x3_xla(x[..., None], taps[:, :, None], pool)
-    np.testing.assert_allclose(conv3x3_single(x, taps, pool), xla, rtol=0, atol=1e-13)
-    np.testing.assert_allclose(conv3x3_single(x, taps[..., 1], pool), xla[..., 1], rtol=0, atol=1e-13)
 
 
 def test_other_models_match_the_literal_reference_and_bad_model_raises(small_mlp):

@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from rsojax.conv_kernel import avg_pool_2x2, conv3x3_xla, pooled_taps
+from rsojax.conv_kernel import avg_pool_2x2, conv3x3_single, conv3x3_xla
 from rsojax.evaluators.base import OfSequential
 from rsojax.evaluators.cached import Cached
 from rsojax.evaluators.stage_inputs import (
@@ -81,33 +81,6 @@ from rsojax.evaluators.stage_inputs import (
 from rsojax.losses import summed_cross_entropy
 from rsojax.models import BatchNorm, ConvBlock, ResidualBlock, Sequential, stage_of
 from rsojax.runs import map_runs
-
-
-def conv3x3_single(x_BxHxW: jax.Array, taps_3x3x: jax.Array, pool: bool = False) -> jax.Array:
-    """`conv3x3_xla(x, taps, pool)` of one input channel, as shifted multiply-adds (XLA's CPU
-    convolution is slow with a single input channel): taps (3, 3, O) give (B, H', W', O), taps
-    (3, 3) one output channel (B, H', W'), without a minor axis of size 1, which XLA:CPU would
-    not vectorise. With `pool`, one 4x4 correlation with stride 2 (`pooled_taps`): 16
-    multiply-adds per output instead of 36."""
-    h, w = x_BxHxW.shape[1:]
-    if not pool:
-        x_pad = jnp.pad(x_BxHxW, ((0, 0), (1, 1), (1, 1)))
-        x_pad = x_pad[..., None] if taps_3x3x.ndim == 3 else x_pad
-        return sum(x_pad[:, u : u + h, v : v + w] * taps_3x3x[u, v] for u in range(3) for v in range(3))
-    taps, h_out, w_out = pooled_taps(taps_3x3x), h // 2, w // 2
-    rows = jnp.pad(x_BxHxW, ((0, 0), (1, 1), (0, 0)))  # row r + 1 is x's row r
-    if taps.ndim == 2:
-        # Output column q reads x's columns 2q - 1, 2q, 2q + 1, 2q + 2: odd column q - 1, even
-        # q, odd q, even q + 1. Taken from the even and the odd columns apart, every read is
-        # contiguous along the minor axis, which XLA:CPU's loops vectorise (they do not vectorise
-        # a read with stride 2 there); the sums are the same.
-        even = jnp.pad(rows, ((0, 0), (0, 0), (0, 1)))[:, :, 0 : 2 * w_out + 1 : 2]  # columns 0, 2, .., 2 w_out
-        odd = jnp.pad(rows, ((0, 0), (0, 0), (1, 0)))[:, :, 0 : 2 * w_out + 1 : 2]  # columns -1, 1, .., 2 w_out - 1
-        columns = (odd[..., :w_out], even[..., :w_out], odd[..., 1:], even[..., 1:])
-    else:
-        x_pad = jnp.pad(rows, ((0, 0), (0, 0), (1, 1)))[..., None]
-        columns = tuple(x_pad[:, :, v : v + 2 * w_out : 2] for v in range(4))
-    return sum(columns[v][:, u : u + 2 * h_out : 2] * taps[u, v] for u in range(4) for v in range(4))
 
 
 def stage_pool(stage: ConvBlock | ResidualBlock, x_BxHxWx: jax.Array) -> jax.Array:
@@ -506,9 +479,6 @@ def _conv_output(
     relu = nn.relu if _relu_in(stage) else (lambda a: a)
 
     def conv(h_pass):  # (I, pass, H, W)
-        x = relu(jnp.moveaxis(h_pass, 0, -1))
-        if x.shape[-1] == 1:
-            return conv3x3_single(x[..., 0], kernel[:, :, 0], stage.pool)
-        return conv3x3_xla(x, kernel, stage.pool)
+        return conv3x3_xla(relu(jnp.moveaxis(h_pass, 0, -1)), kernel, stage.pool)
 
     return map_passes(conv, h_IxNxHxW, cache_batch, axis=1)
