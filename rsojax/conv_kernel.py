@@ -7,8 +7,8 @@ model runs on either backend and the choice is part of every jit's cache key (th
 static argument):
 
 - "xla": `lax.conv_general_dilated`, what `flax.linen.Conv` computes (cuDNN on a GPU); a
-  pooled block's conv and pool as one 4x4 correlation with stride 2, and a network's first
-  conv (1 or 3 input channels) as shifted multiply-adds (`conv3x3_xla`).
+  pooled block's conv and pool as one 4x4 correlation with stride 2, and a conv of at most 3
+  input channels (a network's first) as shifted multiply-adds (`conv3x3_xla`).
 - "pallas": `conv3x3_pallas`, a Pallas kernel (Triton lowering on a GPU), in true float32 (its
   dots are `Precision.HIGHEST`, which Triton lowers to IEEE, never TF32), that returns the
   per-channel mean and variance of its output with it, so BN's statistics cost no second read
@@ -42,7 +42,8 @@ CONVS = ("xla", "pallas", "auto")
 BLOCK_ROWS = 128  # rows (pixels) per program: a power of two (Triton's tiles), tunable per card
 NUM_WARPS = 4  # Triton warps per program
 # Input channels up to which `conv3x3_xla` is shifted multiply-adds rather than XLA's
-# convolution: a network's first conv (grey or RGB images). With so few channels, XLA's CPU
+# convolution: a network's first conv (grey or RGB images), and every conv of a network that
+# narrow (the tests' 2-channel ones). With so few channels, XLA's CPU
 # convolution spends its time packing its input and runs several times slower than the
 # multiply-adds (docs/results.md); on a GPU both are a pass over memory.
 FEW_CHANNELS = 3
@@ -123,8 +124,8 @@ def conv3x3_xla(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array, pool: bool = Fa
     """3x3 conv, stride 1, padding 1, no bias, as `flax.linen.Conv` computes it; with `pool`,
     followed by `avg_pool_2x2`, computed as one 4x4 correlation with stride 2 (`pooled_taps`):
     16 multiply-adds per pooled output and channel pair instead of 36, and no full-size output
-    to write and read back. A network's first conv (`FEW_CHANNELS` input channels or fewer) is
-    shifted multiply-adds, channel by channel (`conv3x3_single`), in float32 on every backend.
+    to write and read back. A conv of `FEW_CHANNELS` input channels or fewer (a network's first)
+    is shifted multiply-adds, channel by channel (`conv3x3_single`), in float32 on every backend.
     The values differ from `flax.linen.Conv`'s (and from the conv followed by the pool) by
     rounding only."""
     dtype = jnp.result_type(x_BxHxWxC, kernel_3x3xCxO)  # as `flax.linen.Conv` promotes

@@ -7,9 +7,9 @@ rounding error (measured on an H200: another candidate than float32's for 55 of 
 weights after 36 cycles), so a run's decisions would depend on the chip. rsojax therefore
 computes candidate losses, the caches they start from and test accuracy in full float32 by
 default ("float32", JAX's "highest"), on every backend; "default" opts in to the backend's
-own precision. CPUs compute float32 exactly either way, and float64 stays float64. A network's
-first convolution (1 to 3 input channels, `rsojax.conv_kernel.FEW_CHANNELS`) is elementwise
-multiply-adds, exact float32 under either setting.
+own precision. CPUs compute float32 exactly either way, and float64 stays float64. A convolution
+of at most 3 input channels (a network's first; `rsojax.conv_kernel.FEW_CHANNELS`) is
+elementwise multiply-adds, exact float32 under either setting.
 """
 
 import contextlib
