@@ -45,7 +45,7 @@ import rsojax
 from rsojax import sharding, xla_flags
 from rsojax.conv_kernel import CONVS, on_pallas, resolve_conv
 from rsojax.evaluators import EVALUATORS
-from rsojax.evaluators.incremental import handles
+from rsojax.evaluators.incremental import handles, keeps_p
 from rsojax.models import GLOBAL_POOLS, ConvBlock, PoolHead, ResidualBlock
 from rsojax.precision import PRECISIONS
 from rsojax.train import CHUNK_SIZE
@@ -107,19 +107,23 @@ def flops_cached(f, d, leaf, n_weights, batch, n_train, n_chunks, model) -> floa
 def flops_incremental(f, d, leaf, n_weights, batch, n_train, n_chunks, model) -> float:
     """prepare, once per chunk: conv d over the training set. For a kernel, folding each (input,
     output) channel pair into that cache once (conv d over the training set in all) and, per
-    weight, one pair's 9 taps on the batch. Per weight: if stage d+1 is a conv stage, its conv
-    on the batch once (the base) and one input channel of it 3 times, then stages d+2 on 3
-    times; otherwise stages d+1 on 3 times. Leaves `Incremental` leaves to Cached (the head):
-    as `flops_cached`. (A shortcut's 1x1 conv, run once per weight on the batch where the
-    searched or the next block has one, is counted in full per candidate: an overcount of at
-    most its share of f.)"""
+    weight, one pair's 9 taps on the batch. A first stage without that cache (`keeps_p`): conv d
+    on the batch per weight instead. Per weight: if stage d+1 is a conv stage, its conv on the
+    batch once (the base) and one input channel of it 3 times, then stages d+2 on 3 times;
+    otherwise stages d+1 on 3 times. Leaves `Incremental` leaves to Cached (the head): as
+    `flops_cached`. (A shortcut's 1x1 conv, run once per weight on the batch where the searched
+    or the next block has one, is counted in full per candidate: an overcount of at most its
+    share of f.)"""
     stages = model.stages
     if not handles(stages[d], leaf):
         return flops_cached(f, d, leaf, n_weights, batch, n_train, n_chunks, model)
     kernel = leaf == "Conv_0/kernel"
-    total = n_train * f[d] * (n_chunks + kernel)
     c_in, c_out = channels(model, d)
-    per_image = f[d] / (c_in * c_out) if kernel else 0.0
+    if keeps_p(model, d):
+        total = n_train * f[d] * (n_chunks + kernel)
+        per_image = f[d] / (c_in * c_out) if kernel else 0.0
+    else:
+        total, per_image = 0.0, f[d]
     if d + 1 < len(stages) and handles(stages[d + 1], "Conv_0/kernel"):
         per_image += f[d + 1] + 3 * f[d + 1] / c_out + 3 * sum(f[d + 2 :])
     else:
@@ -163,18 +167,22 @@ def bytes_cached(costs, d, leaf, n_weights, batch, n_train, n_chunks, model) -> 
 def bytes_incremental(costs, d, leaf, n_weights, batch, n_train, n_chunks, model) -> float:
     """As `flops_incremental`: per chunk, conv d over the training set; for a kernel, per (input,
     output) channel pair, one input channel read and one channel of P read and written over the
-    training set, and per weight the batch's rows of P and of one input channel; then the next
-    stage's conv once and its one-channel change 3 times (or stages d+1 on 3 times)."""
+    training set, and per weight the batch's rows of P and of one input channel (without P:
+    conv d on the batch); then the next stage's conv once and its one-channel change 3 times
+    (or stages d+1 on 3 times)."""
     stages, b, (_, inputs, outputs) = model.stages, stage_bytes(costs), costs
     if not handles(stages[d], leaf):
         return bytes_cached(costs, d, leaf, n_weights, batch, n_train, n_chunks, model)
     c_in, c_out = channels(model, d)
-    total = n_train * b[d] * n_chunks
-    per_image = FLOAT * outputs[d]  # the batch's rows of P
-    if leaf == "Conv_0/kernel":
-        pairs = n_weights / 9
-        total += pairs * n_train * FLOAT * (inputs[d] / c_in + 2 * outputs[d] / c_out)
-        per_image += FLOAT * inputs[d] / c_in
+    if not keeps_p(model, d):
+        total, per_image = 0.0, b[d]  # conv d on the batch
+    else:
+        total = n_train * b[d] * n_chunks
+        per_image = FLOAT * outputs[d]  # the batch's rows of P
+        if leaf == "Conv_0/kernel":
+            pairs = n_weights / 9
+            total += pairs * n_train * FLOAT * (inputs[d] / c_in + 2 * outputs[d] / c_out)
+            per_image += FLOAT * inputs[d] / c_in
     if d + 1 < len(stages) and handles(stages[d + 1], "Conv_0/kernel"):
         per_image += b[d + 1] + 3 * FLOAT * outputs[d + 1] + 3 * sum(b[d + 2 :])
     else:

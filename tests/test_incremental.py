@@ -14,6 +14,8 @@ from test_rso import reference_loss, reference_sweep
 
 import rsojax
 from rsojax.evaluators import Incremental
+from rsojax.evaluators.incremental import ConvContext
+from rsojax.evaluators.stage_inputs import StageInputs
 from rsojax.rso import choose
 from rsojax.sampling import batch_at, block_permutation
 from rsojax.schedule import anneal
@@ -78,6 +80,16 @@ def test_float32_decisions_agree_with_cached():
             agree.append(bool(same))
     assert len(agree) == 40 + 144 + 144 + 36
     assert sum(agree) >= 0.999 * len(agree), (sum(agree), len(agree))
+
+
+def test_a_first_stage_of_one_channel_keeps_no_cache():
+    """MNIST's first conv is computed on each weight's batch: its layers get the stage inputs
+    alone, no P over the training set; the stages after it keep P."""
+    model, params, data = small_net()
+    incremental = Incremental(model, 24)
+    for path in ("stages_0/Conv_0/kernel", "stages_0/BatchNorm_0/bias"):
+        assert type(incremental.prepare(params, path, data)) is StageInputs, path
+    assert isinstance(incremental.prepare(params, "stages_1/Conv_0/kernel", data), ConvContext)
 
 
 def test_refresh_keeps_the_cache_exact():

@@ -30,6 +30,14 @@ pair's taps as P last saw them; the batch's P_co is corrected for the pair's cha
 pair's changes are folded into P over the whole training set (`refresh`). Every pair is
 folded once per layer sweep.
 
+A network's first stage keeps no P where it reads images of one channel (MNIST's): its conv on
+the batch, 9 multiply-adds per value (`conv3x3_xla`), costs less than gathering the batch's
+rows of P, and P over the training set would cost a prepare and a fold per output channel
+besides (MNIST's first P is 3 GB). The stage's layers are evaluated from P's batch rows
+computed afresh for each weight, with the same rank-one and one-channel updates from there.
+With three channels (CIFAR-10's), the batch's conv costs more than P's rows do
+(docs/results.md), and P is kept.
+
 Residual blocks (ReLU -> conv -> [+ skip] -> [pool] -> BN) take the same route. What a block
 adds before its BN, the skip tensor (through its shortcut's 1x1 conv and BN, with the batch's
 statistics, where it has one), is the same for every candidate: it is added to the batch's
@@ -183,7 +191,8 @@ class Incremental(OfSequential):
         return nn.relu(h) if _relu_in(stage) else h
 
     def prepare(self, params, path, data, previous=None):
-        """The stage inputs and, for a conv stage's layer, P = pool(conv(x, K_d)) over the training set.
+        """The stage inputs and, for a conv stage's layer, P = pool(conv(x, K_d)) over the
+        training set (not for a first stage that reads images of one channel: the module docstring).
 
         Args:
           params: the parameters the sweep starts from.
@@ -192,7 +201,7 @@ class Incremental(OfSequential):
           previous: the context prepared before, if any; its stage inputs, and its P while the kernel is unchanged, are reused.
 
         Returns:
-          A `ConvContext`, or the `StageInputs` for a layer evaluated as `Cached` does.
+          A `ConvContext`, or the `StageInputs` for a layer without P.
         """
         return self._prepare(params, path, data, previous, runs=False)[0]
 
@@ -215,7 +224,7 @@ class Incremental(OfSequential):
         d, stage, _ = self._stage(path)
         inputs = stage_inputs(self.model, params, data, d, self.cache_batch, self.stats_images, previous, runs)
         inputs_axes = run_axes(inputs) if runs else None
-        if stage is None:
+        if stage is None or not keeps_p(self.model, d):
             return inputs, inputs_axes
         kernel = params[f"stages_{d}"]["Conv_0"]["kernel"]
         if (
@@ -264,7 +273,7 @@ class Incremental(OfSequential):
           The context for weight `j`.
         """
         d, stage, leaf = self._stage(path)
-        if stage is None or leaf != "Conv_0/kernel":
+        if stage is None or leaf != "Conv_0/kernel" or not isinstance(ctx, ConvContext):
             return ctx
         kernel = params[f"stages_{d}"]["Conv_0"]["kernel"]
         _, _, ci, co = jnp.unravel_index(j, kernel.shape)
@@ -316,11 +325,20 @@ class Incremental(OfSequential):
         if stage is None:
             return self._cached.losses(ctx, params, path, j, values_3, idx_B)
         sp = params[f"stages_{d}"]
-        h_d = ctx.inputs.h_S[d]
+        has_p = isinstance(ctx, ConvContext)
+        inputs = ctx.inputs if has_p else ctx
+        h_d = inputs.h_S[d]
         co = _co_of(leaf, j, sp)  # the output channel the weight enters
         # What BN_d normalises: P plus, in a residual block, its (pooled) skip tensor, which no
-        # candidate of the 3x3 conv or of BN_d changes.
-        pre_B = batch_major(ctx.p_OxNxHxW, idx_B)  # (B, H', W', O)
+        # candidate of the 3x3 conv or of BN_d changes. Without P (a first stage of one input
+        # channel), P's batch rows for the current kernel, and channel co of them.
+        if has_p:
+            pre_B = batch_major(ctx.p_OxNxHxW, idx_B)  # (B, H', W', O)
+            p_co = channel_rows(ctx.p_OxNxHxW, co, idx_B)
+        else:
+            input_B = self._input(stage, batch_major(_main(stage, h_d), idx_B))  # (B, H, W, I)
+            pre_B = conv3x3_xla(input_B, sp["Conv_0"]["kernel"], stage.pool)
+            p_co = _channel_conv(stage, input_B, sp["Conv_0"]["kernel"], co)
         added_co = 0.0
         if _is_residual(stage):
             skip_B = batch_major(h_d[1], idx_B)
@@ -337,11 +355,11 @@ class Incremental(OfSequential):
             kernel = sp["Conv_0"]["kernel"]
             kh, kw, ci, _ = jnp.unravel_index(j, kernel.shape)
             x_B = self._input(stage, channel_rows(_main(stage, h_d), ci, idx_B))  # (B, H, W)
-            # Channel co of P for the current kernel: P's value plus the pair's pending change.
-            dtaps = _taps(kernel, ci, co) - ctx.taps
             axis = self._shifts_axis
             s9 = pooled_shifts(stage, x_B, axis)
-            pre_co = channel_rows(ctx.p_OxNxHxW, co, idx_B) + jnp.tensordot(s9, dtaps.reshape(9), ([axis], [0]))
+            pre_co = p_co
+            if has_p:  # channel co of P for the current kernel: P's value plus the pair's pending change
+                pre_co = pre_co + jnp.tensordot(s9, (_taps(kernel, ci, co) - ctx.taps).reshape(9), ([axis], [0]))
             pre_co = pre_co + added_co
             s_B = pick(s9, kh * 3 + kw, axis)
             dv_3 = values_3 - kernel[kh, kw, ci, co]
@@ -358,16 +376,15 @@ class Incremental(OfSequential):
             else:
                 name = leaf.split("/")[-1]
                 added_3 = jax.vmap(lambda v: bn_channel(shortcut_bn, conv_co, **{name: v}))(values_3)
-            p_co = channel_rows(ctx.p_OxNxHxW, co, idx_B)
             yc_3 = jax.vmap(lambda added: bn_channel(bn, p_co + stage_pool(stage, added)))(added_3)
         else:  # BN beta or gamma of channel co = j
             name = leaf.split("/")[-1]
-            pre_co = channel_rows(ctx.p_OxNxHxW, co, idx_B) + added_co
+            pre_co = p_co + added_co
             yc_3 = jax.vmap(lambda v: bn_channel(bn, pre_co, **{name: v}))(values_3)
         y_B = batch_norm(bn, pre_B)
         # Stage d's output: Y, with its input passed on where the next block adds it as a skip.
         out_B = (y_B, batch_major(_main(stage, h_d), idx_B)) if getattr(stage, "keep", False) else y_B
-        return self._suffix_losses(params, d, out_B, co, yc_3, ctx.inputs.y_N[idx_B])
+        return self._suffix_losses(params, d, out_B, co, yc_3, inputs.y_N[idx_B])
 
     def _suffix_losses(self, params, d, out_B, co, yc_3, labels_B):
         """Losses when channel co of Y, in stage d's output `out_B` (Y, or (Y, skip)), is set
@@ -409,6 +426,22 @@ def handles(stage, leaf: str) -> bool:
     """Whether `Incremental`'s shortcuts apply to `leaf` of `stage`: every searched parameter of
     a ConvBlock or a ResidualBlock (the conv's kernel, BN's, the shortcut's)."""
     return isinstance(stage, ConvBlock | ResidualBlock) and leaf in stage.searched
+
+
+def keeps_p(model: Sequential, d: int) -> bool:
+    """Whether `Incremental` keeps P over the training set for conv stage d: unless d is the
+    first stage and the network's input has one channel (the module docstring)."""
+    return d > 0 or model.input_shape[-1] > 1
+
+
+def _channel_conv(stage, x_BxHxWxI: jax.Array, kernel: jax.Array, co) -> jax.Array:
+    """Output channel `co` (traced) of the stage's conv (`conv3x3_xla`) of a few input channels,
+    one one-channel correlation per input channel: cheaper than picking the channel from the
+    conv's output, which XLA fuses into every loop that reads it (docs/results.md)."""
+    y = conv3x3_single(x_BxHxWxI[..., 0], _taps(kernel, 0, co), stage.pool)
+    for c in range(1, x_BxHxWxI.shape[-1]):
+        y = y + conv3x3_single(x_BxHxWxI[..., c], _taps(kernel, c, co), stage.pool)
+    return y
 
 
 def _co_of(leaf: str, j, sp: dict):
