@@ -336,9 +336,11 @@ class Incremental(OfSequential):
             pre_B = batch_major(ctx.p_OxNxHxW, idx_B)  # (B, H', W', O)
             p_co = channel_rows(ctx.p_OxNxHxW, co, idx_B)
         else:
-            input_B = self._input(stage, batch_major(_main(stage, h_d), idx_B))  # (B, H, W, I)
+            input_B = self._input(stage, batch_major(_main(stage, h_d), idx_B))  # (B, H, W, 1)
             pre_B = conv3x3_xla(input_B, sp["Conv_0"]["kernel"], stage.pool)
-            p_co = _channel_conv(stage, input_B, sp["Conv_0"]["kernel"], co)
+            # Channel co by its own correlation: cheaper than picking it from pre_B, whose
+            # multiply-adds XLA would fuse into every loop that reads it (docs/results.md).
+            p_co = conv3x3_single(input_B[..., 0], _taps(sp["Conv_0"]["kernel"], 0, co), stage.pool)
         added_co = 0.0
         if _is_residual(stage):
             skip_B = batch_major(h_d[1], idx_B)
@@ -432,16 +434,6 @@ def keeps_p(model: Sequential, d: int) -> bool:
     """Whether `Incremental` keeps P over the training set for conv stage d: unless d is the
     first stage and the network's input has one channel (the module docstring)."""
     return d > 0 or model.input_shape[-1] > 1
-
-
-def _channel_conv(stage, x_BxHxWxI: jax.Array, kernel: jax.Array, co) -> jax.Array:
-    """Output channel `co` (traced) of the stage's conv (`conv3x3_xla`) of a few input channels,
-    one one-channel correlation per input channel: cheaper than picking the channel from the
-    conv's output, which XLA fuses into every loop that reads it (docs/results.md)."""
-    y = conv3x3_single(x_BxHxWxI[..., 0], _taps(kernel, 0, co), stage.pool)
-    for c in range(1, x_BxHxWxI.shape[-1]):
-        y = y + conv3x3_single(x_BxHxWxI[..., c], _taps(kernel, c, co), stage.pool)
-    return y
 
 
 def _co_of(leaf: str, j, sp: dict):
